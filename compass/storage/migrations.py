@@ -1,0 +1,143 @@
+"""Numbered schema migrations with a table of applied ones (after simonw/llm's ``migrations.py``).
+
+Add a migration by appending a function decorated with ``@migration``; never edit one that has
+shipped. Each runs once, in order, inside a transaction, and is recorded in ``_migrations``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+
+import duckdb
+
+MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = []
+
+
+def migration(fn: Callable[[duckdb.DuckDBPyConnection], None]) -> Callable[[duckdb.DuckDBPyConnection], None]:
+    MIGRATIONS.append(fn)
+    return fn
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Apply every migration not yet recorded; return the names applied now."""
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP NOT NULL)"
+    )
+    done = {row[0] for row in con.execute("SELECT name FROM _migrations").fetchall()}
+    applied = []
+    for index, fn in enumerate(MIGRATIONS, start=1):
+        name = f"m{index:03d}_{fn.__name__}"
+        if name in done:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            fn(con)
+            con.execute("INSERT INTO _migrations VALUES (?, ?)", [name, dt.datetime.now(dt.UTC)])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        applied.append(name)
+    return applied
+
+
+@migration
+def requests_table(con: duckdb.DuckDBPyConnection) -> None:
+    """One row per chat request: what was asked, how it was routed, what it cost."""
+    con.execute(
+        """
+        CREATE TABLE requests (
+            id VARCHAR PRIMARY KEY,
+            created_at TIMESTAMP NOT NULL,
+            tenant VARCHAR NOT NULL,
+            key_id VARCHAR,
+            stream BOOLEAN NOT NULL,
+            requested_model VARCHAR,
+            model VARCHAR,
+            litellm_model VARCHAR,
+            routing_method VARCHAR,
+            tier VARCHAR,
+            context VARCHAR,
+            task_type VARCHAR,
+            classifier VARCHAR,
+            scores JSON,
+            routing JSON,
+            propensity DOUBLE,
+            messages JSON,
+            messages_hash VARCHAR,
+            params JSON,
+            response_content VARCHAR,
+            finish_reason VARCHAR,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            total_tokens INTEGER,
+            cost_usd DOUBLE,
+            cache_status VARCHAR,
+            cache_entry_id VARCHAR,
+            cache_similarity DOUBLE,
+            attempts JSON,
+            classify_ms DOUBLE,
+            select_ms DOUBLE,
+            cache_ms DOUBLE,
+            routing_ms DOUBLE,
+            upstream_ms DOUBLE,
+            total_ms DOUBLE,
+            status INTEGER NOT NULL,
+            error VARCHAR,
+            demo BOOLEAN NOT NULL DEFAULT FALSE
+        )
+        """
+    )
+
+
+@migration
+def rewards_table(con: duckdb.DuckDBPyConnection) -> None:
+    """Layer 2's event log: the bandit posteriors are a fold over these rows."""
+    con.execute(
+        """
+        CREATE TABLE rewards (
+            id VARCHAR PRIMARY KEY,
+            created_at TIMESTAMP NOT NULL,
+            ts DOUBLE NOT NULL,
+            request_id VARCHAR NOT NULL,
+            tenant VARCHAR,
+            context VARCHAR NOT NULL,
+            model VARCHAR NOT NULL,
+            reward DOUBLE NOT NULL,
+            source VARCHAR NOT NULL,
+            comment VARCHAR,
+            superseded BOOLEAN NOT NULL DEFAULT FALSE
+        )
+        """
+    )
+    con.execute("CREATE INDEX rewards_request ON rewards (request_id)")
+
+
+@migration
+def cache_entries_table(con: duckdb.DuckDBPyConnection) -> None:
+    """Layer 3's entries; vectors are kept here too, so the FAISS index can always be rebuilt."""
+    con.execute(
+        """
+        CREATE TABLE cache_entries (
+            id VARCHAR PRIMARY KEY,
+            vector_id BIGINT NOT NULL,
+            tenant VARCHAR NOT NULL,
+            scope VARCHAR NOT NULL,
+            exact_hash VARCHAR NOT NULL,
+            query VARCHAR NOT NULL,
+            embedding FLOAT[],
+            response JSON NOT NULL,
+            model VARCHAR NOT NULL,
+            capability DOUBLE NOT NULL,
+            request_id VARCHAR NOT NULL,
+            created_at DOUBLE NOT NULL,
+            last_hit_at DOUBLE NOT NULL,
+            hits INTEGER NOT NULL DEFAULT 0,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            cost_usd DOUBLE
+        )
+        """
+    )
+    con.execute("CREATE INDEX cache_exact ON cache_entries (exact_hash)")

