@@ -17,6 +17,10 @@ from layers.registry import resolve
 from layers.types import ModelSpec
 
 
+# Per-request cost weights behind the virtual models compass/cheap, compass/balanced, compass/best.
+COST_WEIGHT_PRESETS: dict[str, float] = {"cheap": 1.0, "balanced": 0.3, "best": 0.0}
+
+
 class SelectionContext(msgspec.Struct, kw_only=True):
     """Everything a selector may look at for one request."""
 

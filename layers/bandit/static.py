@@ -22,8 +22,16 @@ class StaticTierSelector(Selector):
         self.options = options or {}
 
     def select(self, ctx: SelectionContext) -> Selection:
-        want = TIER_INDEX[ctx.classification.tier]
         candidates = ctx.candidates
+        if ctx.cost_weight is not None and ctx.cost_weight <= 0.0:
+            # compass/best: the strongest model, the cheapest among equals.
+            ranked = sorted(candidates, key=lambda m: (-m.capability, price_key(m)))
+            return self._selection(ctx, ranked, "static_best")
+        if ctx.cost_weight is not None and ctx.cost_weight >= 1.0:
+            # compass/cheap: the cheapest model, the strongest among equals.
+            ranked = sorted(candidates, key=lambda m: (price_key(m), -m.capability))
+            return self._selection(ctx, ranked, "static_cheapest")
+        want = TIER_INDEX[ctx.classification.tier]
         # Cheapest model of the wanted tier; else the weakest stronger one; else the strongest weaker one.
         ranked = sorted(
             candidates,
@@ -33,11 +41,15 @@ class StaticTierSelector(Selector):
                 price_key(m),
             ),
         )
+        return self._selection(ctx, ranked, "static_tier")
+
+    def _selection(self, ctx: SelectionContext, ranked: list[ModelSpec], method: str) -> Selection:
         return Selection(
             model=ranked[0].name,
-            method="static_tier",
+            method=method,
             context=self.context_of(ctx.classification),
-            candidates=[m.name for m in candidates],
+            candidates=[m.name for m in ctx.candidates],
             ranked=[m.name for m in ranked],
             propensity=1.0,
+            cost_weight=ctx.cost_weight,
         )
