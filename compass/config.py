@@ -1,0 +1,342 @@
+"""Configuration: one YAML file plus environment overrides, validated into msgspec Structs.
+
+Precedence, lowest first: built-in defaults, ``compass.yaml``, ``COMPASS__SECTION__KEY=value``
+environment variables (values parsed as YAML scalars), then the few short names documented in
+the README (``COMPASS_HOME``, ``COMPASS_HOST``, ``COMPASS_PORT``...). Any error stops start-up
+with a ``ConfigError`` that names the key and what is wrong.
+
+The model pool comes from ``models:`` (our format), or LiteLLM proxy's ``model_list:`` so users
+can bring their existing config, or, when neither is given, from the provider keys found in
+the environment; with no key at all, the demo pool served by the built-in fake upstream.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from compass.errors import ConfigError
+from layers.types import ModelSpec, Tier
+
+DEFAULT_PORT = 8402
+
+
+class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    allow_public_without_keys: bool = False
+    log_level: str = "info"
+    json_logs: bool = False
+
+
+class ClassifierSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    backend: str = "embedding"
+    options: dict[str, Any] = {}
+    fallback: str = "length"
+    time_budget_ms: float = 150.0
+
+
+class SelectorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    backend: str = "static"
+    options: dict[str, Any] = {}
+    default_cost_weight: float | None = None
+
+
+class CacheSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    enabled: bool = True
+    backend: str = "semantic"
+    options: dict[str, Any] = {}
+
+
+class StorageSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    database: str = "compass.duckdb"  # relative to home
+    store_content: Literal["full", "hash"] = "full"
+    retention_days: float | None = None
+    flush_interval_ms: float = 50.0
+    batch_size: int = 512
+
+
+class UpstreamSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    backend: str = "litellm"
+    timeout_s: float = 60.0
+    max_retries: int = 1
+    expected_completion_tokens: int = 256
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    home: str = "./data"
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    models: list[ModelSpec] = []
+    model_list: list[dict[str, Any]] = []
+    demo: Literal["auto", "on", "off"] = "auto"
+    classifier: ClassifierSettings = msgspec.field(default_factory=ClassifierSettings)
+    selector: SelectorSettings = msgspec.field(default_factory=SelectorSettings)
+    cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
+    storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
+    upstream: UpstreamSettings = msgspec.field(default_factory=UpstreamSettings)
+
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home).expanduser()
+
+    @property
+    def database_path(self) -> Path:
+        path = Path(self.storage.database)
+        return path if path.is_absolute() else self.home_path / path
+
+
+# Short environment names; everything else is reachable as COMPASS__SECTION__KEY.
+ENV_SHORTCUTS: dict[str, tuple[str, ...]] = {
+    "COMPASS_HOME": ("home",),
+    "COMPASS_HOST": ("server", "host"),
+    "COMPASS_PORT": ("server", "port"),
+    "COMPASS_CLASSIFIER": ("classifier", "backend"),
+    "COMPASS_SELECTOR": ("selector", "backend"),
+    "COMPASS_CACHE": ("cache", "enabled"),
+    "COMPASS_DEMO": ("demo",),
+    "COMPASS_LOG_JSON": ("server", "json_logs"),
+    "COMPASS_STORE_CONTENT": ("storage", "store_content"),
+}
+
+DEMO_POOL: list[dict[str, Any]] = [
+    {"name": "demo-small", "tier": "simple", "input_price_per_mtok": 0.1, "output_price_per_mtok": 0.4},
+    {"name": "demo-medium", "tier": "medium", "input_price_per_mtok": 1.0, "output_price_per_mtok": 4.0},
+    {"name": "demo-large", "tier": "complex", "input_price_per_mtok": 10.0, "output_price_per_mtok": 40.0},
+]
+
+# A sensible three-tier pool per provider key (prices in USD per 1M tokens, input/output).
+PROVIDER_POOLS: dict[str, list[tuple[str, str, Tier, float, float, int]]] = {
+    "OPENAI_API_KEY": [
+        ("gpt-4o-mini", "openai/gpt-4o-mini", "simple", 0.15, 0.60, 128_000),
+        ("gpt-4o", "openai/gpt-4o", "medium", 2.50, 10.00, 128_000),
+        ("o1", "openai/o1", "complex", 15.00, 60.00, 200_000),
+    ],
+    "ANTHROPIC_API_KEY": [
+        ("claude-haiku", "anthropic/claude-3-5-haiku-latest", "simple", 0.80, 4.00, 200_000),
+        ("claude-sonnet", "anthropic/claude-sonnet-4-20250514", "medium", 3.00, 15.00, 200_000),
+        ("claude-opus", "anthropic/claude-opus-4-20250514", "complex", 15.00, 75.00, 200_000),
+    ],
+    "GEMINI_API_KEY": [
+        ("gemini-flash-lite", "gemini/gemini-2.0-flash-lite", "simple", 0.075, 0.30, 1_000_000),
+        ("gemini-flash", "gemini/gemini-2.5-flash", "medium", 0.30, 2.50, 1_000_000),
+        ("gemini-pro", "gemini/gemini-2.5-pro", "complex", 1.25, 10.00, 1_000_000),
+    ],
+    "DASHSCOPE_API_KEY": [
+        ("qwen-flash", "dashscope/qwen-flash", "simple", 0.05, 0.40, 1_000_000),
+        ("qwen-plus", "dashscope/qwen-plus", "medium", 0.40, 1.20, 131_072),
+        ("qwen-max", "dashscope/qwen-max", "complex", 1.60, 6.40, 32_768),
+    ],
+}
+
+
+def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def _parse_scalar(raw: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def env_overrides(environ: dict[str, str]) -> list[tuple[tuple[str, ...], Any, str]]:
+    """``(path, value, variable)`` for every COMPASS override present in ``environ``."""
+    found = []
+    for name, value in sorted(environ.items()):
+        if name.startswith("COMPASS__"):
+            path = tuple(p.lower() for p in name[len("COMPASS__") :].split("__") if p)
+            if path:
+                found.append((path, _parse_scalar(value), name))
+        elif name in ENV_SHORTCUTS:
+            found.append((ENV_SHORTCUTS[name], _parse_scalar(value), name))
+    return found
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_settings(
+    path: str | Path | None = None,
+    environ: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Settings:
+    """Build validated ``Settings`` from a YAML file, the environment and explicit overrides."""
+    environ = dict(os.environ if environ is None else environ)
+    tree: dict[str, Any] = read_yaml(path) if path else {}
+    for key_path, value, _ in env_overrides(environ):
+        _set_path(tree, key_path, value)
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_path(tree, tuple(dotted.split(".")), value)
+    try:
+        settings = msgspec.convert(tree, Settings, str_keys=True)
+    except msgspec.ValidationError as exc:
+        source = f"config file {path}" if path else "configuration"
+        raise ConfigError(f"invalid {source}: {describe_validation_error(exc)}") from exc
+    validate_settings(settings)
+    return settings
+
+
+def describe_validation_error(exc: msgspec.ValidationError) -> str:
+    """msgspec says ``Expected `int`, got `str` - at `$.server.port```; make the key lead."""
+    text = str(exc)
+    message, sep, where = text.rpartition(" - at `")
+    if not sep:
+        return text
+    key = where.rstrip("`").removeprefix("$.").removeprefix("$")
+    return f"{key or '(top level)'}: {message}"
+
+
+def validate_settings(settings: Settings) -> None:
+    """Checks that cross fields, with messages that name the key."""
+    if not 0 < settings.server.port < 65536:
+        raise ConfigError(f"server.port: must be between 1 and 65535, got {settings.server.port}")
+    if settings.classifier.time_budget_ms <= 0:
+        raise ConfigError("classifier.time_budget_ms: must be positive")
+    if settings.storage.batch_size < 1:
+        raise ConfigError("storage.batch_size: must be at least 1")
+    if settings.upstream.timeout_s <= 0:
+        raise ConfigError("upstream.timeout_s: must be positive")
+    names = [m.name for m in settings.models]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"models: duplicate model names {dupes}")
+    for index, model in enumerate(settings.models):
+        if model.input_price_per_mtok < 0 or model.output_price_per_mtok < 0:
+            raise ConfigError(f"models[{index}] ({model.name}): prices must not be negative")
+        if model.name in RESERVED_MODEL_NAMES:
+            raise ConfigError(f"models[{index}]: the name {model.name!r} is reserved for routing")
+
+
+RESERVED_MODEL_NAMES = frozenset(
+    {"auto", "compass/auto", "compass/cheap", "compass/balanced", "compass/best"}
+)
+
+
+def _secret_ref(value: Any) -> tuple[str | None, str | None]:
+    """LiteLLM writes ``os.environ/NAME`` for secrets; return ``(env name, literal key)``."""
+    if isinstance(value, str) and value.startswith("os.environ/"):
+        return value.removeprefix("os.environ/"), None
+    return None, value if isinstance(value, str) else None
+
+
+def convert_model_list(model_list: list[dict[str, Any]]) -> list[ModelSpec]:
+    """LiteLLM proxy ``model_list`` entries → our ``ModelSpec``s.
+
+    Prices come from ``input_cost_per_token`` / ``output_cost_per_token`` (per token, as LiteLLM
+    writes them); tier and rank from ``model_info`` (``tier``, ``rank``), defaulting to medium.
+    """
+    specs = []
+    for index, entry in enumerate(model_list):
+        where = f"model_list[{index}]"
+        if not isinstance(entry, dict) or "model_name" not in entry:
+            raise ConfigError(f"{where}: needs model_name and litellm_params")
+        params = entry.get("litellm_params") or {}
+        if not isinstance(params, dict) or not params.get("model"):
+            raise ConfigError(f"{where}.litellm_params.model: required")
+        info = entry.get("model_info") or {}
+        key_env, key = _secret_ref(params.get("api_key"))
+        base_env, base = _secret_ref(params.get("api_base"))
+        spec = {
+            "name": entry["model_name"],
+            "litellm_model": params["model"],
+            "api_base": os.environ.get(base_env) if base_env else base,
+            "api_key_env": key_env,
+            "api_key": key,
+            "input_price_per_mtok": float(params.get("input_cost_per_token", 0.0)) * 1e6,
+            "output_price_per_mtok": float(params.get("output_cost_per_token", 0.0)) * 1e6,
+            "tier": info.get("tier", "medium"),
+            "rank": info.get("rank"),
+            "context_window": int(info.get("max_input_tokens", params.get("max_input_tokens", 128_000))),
+            "timeout_s": float(params.get("timeout", 60.0)),
+        }
+        try:
+            specs.append(msgspec.convert(spec, ModelSpec))
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"{where}: {describe_validation_error(exc)}") from exc
+    return specs
+
+
+def provider_pool(environ: dict[str, str]) -> list[ModelSpec]:
+    """Three tiers for each provider whose key is set in the environment."""
+    pool = []
+    for env_name, models in PROVIDER_POOLS.items():
+        if environ.get(env_name):
+            for name, litellm_model, tier, price_in, price_out, window in models:
+                pool.append(
+                    ModelSpec(
+                        name=name,
+                        litellm_model=litellm_model,
+                        api_key_env=env_name,
+                        input_price_per_mtok=price_in,
+                        output_price_per_mtok=price_out,
+                        tier=tier,
+                        context_window=window,
+                    )
+                )
+    return pool
+
+
+def demo_pool(api_base: str) -> list[ModelSpec]:
+    """The demo pool, served by the fake upstream at ``api_base``."""
+    return [
+        ModelSpec(
+            name=m["name"],
+            litellm_model=f"openai/{m['name']}",
+            api_base=api_base,
+            api_key="demo",
+            input_price_per_mtok=m["input_price_per_mtok"],
+            output_price_per_mtok=m["output_price_per_mtok"],
+            tier=m["tier"],
+            context_window=32_000,
+            demo=True,
+        )
+        for m in DEMO_POOL
+    ]
+
+
+def configured_pool(settings: Settings, environ: dict[str, str] | None = None) -> list[ModelSpec]:
+    """The pool from the config or the environment; empty means 'use the demo pool'."""
+    if settings.demo == "on":
+        return []
+    if settings.models or settings.model_list:
+        pool = list(settings.models) + convert_model_list(settings.model_list)
+    else:
+        pool = provider_pool(dict(os.environ if environ is None else environ))
+    names = [m.name for m in pool]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"model pool: duplicate model names {dupes}")
+    if not pool and settings.demo == "off":
+        raise ConfigError(
+            "models: the pool is empty and demo is off; add models to compass.yaml or set a provider key"
+        )
+    return pool

@@ -1,0 +1,231 @@
+"""The services one gateway process runs, built from ``Settings`` and started in the lifespan.
+
+A layer that cannot load (weights missing, a bad option) never stops the server: it is replaced
+by its fallback, the log says what is missing and how to fix it, and ``/health`` shows both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from compass.config import Settings, configured_pool, demo_pool
+from compass.storage.db import Database
+from compass.storage.history import HistoryWriter
+from compass.upstream import Upstream, build_upstream
+from layers.bandit.base import Selector, build_selector
+from layers.cache.base import ResponseCache, build_cache
+from layers.classifier.base import Classifier, build_classifier
+from layers.types import ModelSpec
+
+log = logging.getLogger("compass")
+
+# Backends that read the shared request embedding (so the MiniLM must be loaded).
+EMBEDDING_CLASSIFIERS = frozenset({"embedding"})
+
+
+@dataclass
+class Services:
+    settings: Settings
+    upstream: Upstream
+    pool: dict[str, ModelSpec] = field(default_factory=dict)
+    demo: bool = False
+    db: Database | None = None
+    history: HistoryWriter | None = None
+    classifier: Classifier | None = None
+    fallback_classifier: Classifier | None = None
+    selector: Selector | None = None
+    cache: ResponseCache | None = None
+    embedder: Any = None
+    demo_upstream: Any = None
+    problems: dict[str, str] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.time)
+    extras: dict[str, Any] = field(default_factory=dict)
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    @property
+    def models(self) -> list[ModelSpec]:
+        return list(self.pool.values())
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run background work tied to a request (cache writes, failure rewards); awaited at stop."""
+        task = asyncio.ensure_future(coro)
+        self.background.add(task)
+        task.add_done_callback(self._background_done)
+        return task
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self.background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed: %r", task.exception())
+
+    async def start(self) -> None:
+        settings = self.settings
+        settings.home_path.mkdir(parents=True, exist_ok=True)
+        self._start_pool()
+        self.db = Database(settings.database_path)
+        applied = self.db.open()
+        if applied:
+            log.info("database %s: applied migrations %s", settings.database_path, ", ".join(applied))
+        self.history = HistoryWriter(self.db, settings.storage.flush_interval_ms, settings.storage.batch_size)
+        self.history.start()
+        await self.upstream.start()
+        await self._start_embedder()
+        await self._start_classifier()
+        await self._start_selector()
+        await self._start_cache()
+        write_server_file(self)
+
+    def _start_pool(self) -> None:
+        pool = configured_pool(self.settings)
+        if not pool:
+            from ops.fake_upstream import demo_config, spawn_fake_upstream
+
+            self.demo_upstream = spawn_fake_upstream(demo_config(), port=0)
+            pool = demo_pool(self.demo_upstream.url)
+            self.demo = True
+            log.warning(
+                "DEMO MODE: no provider key (OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY, "
+                "DASHSCOPE_API_KEY) and no models in the config; answers come from the built-in fake "
+                "upstream at %s, not from a real LLM",
+                self.demo_upstream.url,
+            )
+        self.pool = {m.name: m for m in pool}
+        log.info("model pool: %s", ", ".join(f"{m.name} ({m.tier})" for m in pool))
+
+    async def _start_embedder(self) -> None:
+        needs = self.settings.classifier.backend in EMBEDDING_CLASSIFIERS or self.settings.cache.enabled
+        if not needs:
+            return
+        from layers.embedding import Embedder
+
+        embedder = Embedder(**self.settings.classifier.options.get("embedder", {}))
+        try:
+            await asyncio.to_thread(embedder.load)
+        except Exception as exc:  # the bundled model should always load; degrade rather than die
+            self.problems["embedder"] = f"{type(exc).__name__}: {exc}"
+            log.error("the MiniLM embedder failed to load (%s); embedding classifier and cache are off", exc)
+            return
+        self.embedder = embedder
+
+    async def _start_classifier(self) -> None:
+        cfg = self.settings.classifier
+        self.fallback_classifier = build_classifier(cfg.fallback, {})
+        await self.fallback_classifier.start()
+        if cfg.backend in EMBEDDING_CLASSIFIERS and self.embedder is None:
+            self.problems["classifier"] = "embedder unavailable"
+            self.classifier = self.fallback_classifier
+            return
+        try:
+            classifier = build_classifier(cfg.backend, dict(cfg.options), embedder=self.embedder)
+            await classifier.start()
+        except Exception as exc:
+            self.problems["classifier"] = f"{type(exc).__name__}: {exc}"
+            log.error(
+                "classifier backend %r could not start: %s — falling back to %r. "
+                "If weights are missing, fetch them with `compass download-models`.",
+                cfg.backend,
+                exc,
+                cfg.fallback,
+            )
+            self.classifier = self.fallback_classifier
+            return
+        self.classifier = classifier
+        log.info("layer 1: classifier %r (fallback %r)", cfg.backend, cfg.fallback)
+
+    async def _start_selector(self) -> None:
+        cfg = self.settings.selector
+        self.selector = build_selector(cfg.backend, dict(cfg.options), self.models)
+        events = await self.load_reward_events()
+        self.selector.rebuild(events)
+        log.info("layer 2: selector %r rebuilt from %d reward events", cfg.backend, len(events))
+
+    async def load_reward_events(self) -> list[Any]:
+        """The reward rows the selector's state is a fold over, oldest first."""
+        from compass.feedback import load_reward_events
+
+        assert self.db is not None
+        return await self.db.run(load_reward_events)
+
+    async def _start_cache(self) -> None:
+        cfg = self.settings.cache
+        if not cfg.enabled:
+            return
+        if self.embedder is None:
+            self.problems["cache"] = "embedder unavailable"
+            return
+        options = {"index_path": str(self.settings.home_path / "cache" / "index.faiss"), **cfg.options}
+        try:
+            cache = build_cache(cfg.backend, options, db=self.db, embedder=self.embedder)
+            await cache.start()
+        except Exception as exc:
+            self.problems["cache"] = f"{type(exc).__name__}: {exc}"
+            log.exception("cache backend %r could not start; the cache is off", cfg.backend)
+            return
+        self.cache = cache
+        log.info("layer 3: cache %r", cfg.backend)
+
+    async def stop(self) -> None:
+        remove_server_file(self)
+        if self.background:
+            await asyncio.wait(list(self.background), timeout=10)
+        for closer in (self.cache, self.classifier, self.fallback_classifier, self.upstream):
+            if closer is not None:
+                try:
+                    await closer.close()
+                except Exception:
+                    log.exception("error while closing %r", closer)
+        if self.embedder is not None:
+            await self.embedder.close()
+        if self.history is not None:
+            await self.history.close()
+        if self.db is not None:
+            self.db.close()
+        if self.demo_upstream is not None:
+            self.demo_upstream.terminate()
+            self.demo_upstream = None
+
+
+def build_services(settings: Settings, upstream: Upstream | None = None) -> Services:
+    """Construct (not start) the services for ``settings``."""
+    return Services(
+        settings=settings,
+        upstream=upstream or build_upstream(settings.upstream.backend),
+    )
+
+
+def server_file(settings: Settings) -> os.PathLike[str]:
+    return settings.home_path / "server.json"
+
+
+def write_server_file(services: Services) -> None:
+    """Tell ``compass sql`` on this machine where the running server listens."""
+    settings = services.settings
+    info = {
+        "pid": os.getpid(),
+        "url": f"http://{settings.server.host}:{settings.server.port}",
+        "database": str(settings.database_path),
+        "started_at": services.started_at,
+    }
+    try:
+        with open(server_file(settings), "w", encoding="utf-8") as fh:
+            json.dump(info, fh)
+    except OSError:
+        log.warning("could not write %s", server_file(settings))
+
+
+def remove_server_file(services: Services) -> None:
+    path = server_file(services.settings)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            if json.load(fh).get("pid") != os.getpid():
+                return
+        os.remove(path)
+    except (OSError, ValueError):
+        pass

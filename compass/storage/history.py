@@ -1,0 +1,188 @@
+"""The history writer: request rows are queued and inserted in batches by one task.
+
+A request handler never waits on DuckDB. Rows go into an asyncio queue; one writer task drains
+it every ``flush_interval_ms`` (or as soon as ``batch_size`` rows wait) and inserts the batch as
+one Arrow table — one statement per batch, not one per row. ``close()`` drains the queue, so
+after a clean stop every answered request is in the file. After ``kill -9``, what can be lost
+is what was still queued: at most one flush interval of traffic plus the batch being written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from typing import Any
+
+import msgspec
+
+from compass.storage.db import Database
+
+log = logging.getLogger("compass.history")
+
+# Column name → Arrow type name; JSON columns are written as text and cast by DuckDB.
+REQUEST_COLUMNS: dict[str, str] = {
+    "id": "string",
+    "created_at": "timestamp",
+    "tenant": "string",
+    "key_id": "string",
+    "stream": "bool",
+    "requested_model": "string",
+    "model": "string",
+    "litellm_model": "string",
+    "routing_method": "string",
+    "tier": "string",
+    "context": "string",
+    "task_type": "string",
+    "classifier": "string",
+    "scores": "json",
+    "routing": "json",
+    "propensity": "float64",
+    "messages": "json",
+    "messages_hash": "string",
+    "params": "json",
+    "response_content": "string",
+    "finish_reason": "string",
+    "prompt_tokens": "int32",
+    "completion_tokens": "int32",
+    "total_tokens": "int32",
+    "cost_usd": "float64",
+    "cache_status": "string",
+    "cache_entry_id": "string",
+    "cache_similarity": "float64",
+    "attempts": "json",
+    "classify_ms": "float64",
+    "select_ms": "float64",
+    "cache_ms": "float64",
+    "routing_ms": "float64",
+    "upstream_ms": "float64",
+    "total_ms": "float64",
+    "status": "int32",
+    "error": "string",
+    "demo": "bool",
+}
+
+_JSON = msgspec.json.Encoder()
+
+
+def _arrow_schema() -> Any:
+    import pyarrow as pa
+
+    types = {
+        "string": pa.string(),
+        "json": pa.string(),
+        "timestamp": pa.timestamp("us"),
+        "bool": pa.bool_(),
+        "float64": pa.float64(),
+        "int32": pa.int32(),
+    }
+    return pa.schema([(name, types[kind]) for name, kind in REQUEST_COLUMNS.items()])
+
+
+def rows_to_table(rows: list[dict[str, Any]]) -> Any:
+    """Column-wise Arrow table; JSON-typed values are encoded here, off the event loop."""
+    import pyarrow as pa
+
+    columns: dict[str, list[Any]] = {}
+    for name, kind in REQUEST_COLUMNS.items():
+        values = [row.get(name) for row in rows]
+        if kind == "json":
+            values = [None if v is None else _JSON.encode(v).decode() for v in values]
+        columns[name] = values
+    return pa.table(columns, schema=_arrow_schema())
+
+
+def insert_requests(con: Any, rows: list[dict[str, Any]]) -> None:
+    table = rows_to_table(rows)
+    names = ", ".join(REQUEST_COLUMNS)
+    con.register("_compass_batch", table)
+    try:
+        con.execute(f"INSERT INTO requests ({names}) SELECT {names} FROM _compass_batch")
+    finally:
+        con.unregister("_compass_batch")
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC, as DuckDB's TIMESTAMP stores it."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+_STOP: dict[str, Any] = {}
+
+
+class HistoryWriter:
+    def __init__(self, db: Database, flush_interval_ms: float = 50.0, batch_size: int = 512) -> None:
+        self.db = db
+        self.flush_interval_s = flush_interval_ms / 1000.0
+        self.batch_size = batch_size
+        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._in_flight = 0
+        self.written = 0
+        self.failed_batches = 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="compass-history-writer")
+
+    def record(self, row: dict[str, Any]) -> None:
+        """Queue one request row; returns at once."""
+        self._queue.put_nowait(row)
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize() + self._in_flight
+
+    async def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            if first is _STOP:
+                break
+            self._in_flight = 1
+            await asyncio.sleep(self.flush_interval_s)  # let a batch gather
+            batch = [first]
+            while len(batch) < self.batch_size and not self._queue.empty():
+                row = self._queue.get_nowait()
+                if row is _STOP:
+                    stopping = True
+                    break
+                batch.append(row)
+            self._in_flight = len(batch)
+            await self._write(batch)
+            self._in_flight = 0
+
+    async def _write(self, batch: list[dict[str, Any]]) -> None:
+        try:
+            await self.db.run(insert_requests, batch)
+            self.written += len(batch)
+        except Exception:
+            # A bad batch must not stop history: retry row by row, log what cannot be stored.
+            self.failed_batches += 1
+            log.exception("history batch of %d rows failed; retrying row by row", len(batch))
+            for row in batch:
+                try:
+                    await self.db.run(insert_requests, [row])
+                    self.written += 1
+                except Exception:
+                    log.exception("history row %s could not be stored", row.get("id"))
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is in the database."""
+        while self.pending:
+            await asyncio.sleep(self.flush_interval_s / 4 or 0.001)
+
+    async def close(self) -> None:
+        """Stop the writer after it has written everything queued before this call."""
+        if self._task is None:
+            return
+        self._queue.put_nowait(_STOP)
+        await self._task
+        self._task = None
+        rest = []
+        while not self._queue.empty():
+            row = self._queue.get_nowait()
+            if row is not _STOP:
+                rest.append(row)
+        if rest:
+            await self._write(rest)

@@ -1,0 +1,141 @@
+"""The provider call: ``Upstream.complete`` / ``Upstream.stream`` over LiteLLM.
+
+LiteLLM is imported lazily and configured once for a gateway's needs (no telemetry, no callbacks,
+no per-call logging, local cost map). Provider errors become ``UpstreamError`` (502),
+``UpstreamTimeout`` (504) or, when the provider rejected the request itself, ``InvalidRequest``.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+from compass.errors import InvalidRequest, UpstreamError, UpstreamTimeout
+from layers.registry import resolve
+from layers.types import ModelSpec
+
+
+class Upstream(abc.ABC):
+    name: ClassVar[str] = "abstract"
+
+    async def start(self) -> None:  # noqa: B027
+        """Warm up clients."""
+
+    async def close(self) -> None:  # noqa: B027
+        """Close connection pools."""
+
+    @abc.abstractmethod
+    async def complete(
+        self, model: ModelSpec, messages: list[dict[str, Any]], params: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A ``chat.completion`` body as a plain dict."""
+
+    @abc.abstractmethod
+    def stream(
+        self, model: ModelSpec, messages: list[dict[str, Any]], params: dict[str, Any]
+    ) -> AsyncIterator[dict[str, Any]]:
+        """``chat.completion.chunk`` dicts; the last one carries usage when the provider sends it."""
+
+
+UPSTREAM_CLS: dict[str, str] = {
+    "litellm": "compass.upstream:LiteLLMUpstream",
+    "mock": "compass.upstream_mock:MockUpstream",
+}
+
+
+def build_upstream(name: str, **options: Any) -> Upstream:
+    return resolve(UPSTREAM_CLS, name, "upstream backend")(**options)
+
+
+def _configure_litellm() -> Any:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    os.environ.setdefault("LITELLM_LOG", "ERROR")
+    import litellm
+
+    litellm.telemetry = False
+    litellm.suppress_debug_info = True
+    litellm.drop_params = True  # a parameter one provider lacks must not fail the call
+    litellm.turn_off_message_logging = True
+    litellm.disable_streaming_logging = True
+    litellm.callbacks = []
+    litellm.success_callback = []
+    litellm.failure_callback = []
+    litellm._async_success_callback = []
+    litellm._async_failure_callback = []
+    return litellm
+
+
+def map_litellm_error(exc: Exception, model: ModelSpec) -> Exception:
+    """A LiteLLM exception as one of ours; the provider's message is kept."""
+    import litellm
+
+    message = getattr(exc, "message", None) or str(exc)
+    where = f"model {model.name!r} ({model.litellm_model})"
+    if isinstance(exc, litellm.Timeout):
+        return UpstreamTimeout(f"{where} timed out after {model.timeout_s:g}s: {message}")
+    status = getattr(exc, "status_code", None)
+    if isinstance(exc, (litellm.BadRequestError, litellm.UnprocessableEntityError)) and not isinstance(
+        exc, litellm.ContextWindowExceededError
+    ):
+        return InvalidRequest(f"{where} rejected the request: {message}", code="upstream_bad_request")
+    if isinstance(exc, litellm.ContextWindowExceededError):
+        return InvalidRequest(f"{where}: {message}", code="context_length_exceeded")
+    error = UpstreamError(f"{where} failed: {message}")
+    error.upstream_status = status  # type: ignore[attr-defined]
+    return error
+
+
+class LiteLLMUpstream(Upstream):
+    name = "litellm"
+
+    def __init__(self, **_: Any) -> None:
+        self._litellm: Any = None
+
+    def _lib(self) -> Any:
+        if self._litellm is None:
+            self._litellm = _configure_litellm()
+        return self._litellm
+
+    async def start(self) -> None:
+        self._lib()
+
+    def _kwargs(self, model: ModelSpec, messages: list[dict[str, Any]], params: dict[str, Any]) -> dict:
+        kwargs: dict[str, Any] = {
+            "model": model.litellm_model,
+            "messages": messages,
+            "timeout": model.timeout_s,
+            "num_retries": 0,  # retries and fallbacks are the gateway's job
+            **params,
+        }
+        if model.api_base:
+            kwargs["api_base"] = model.api_base
+        key = model.api_key or (os.environ.get(model.api_key_env) if model.api_key_env else None)
+        if key:
+            kwargs["api_key"] = key
+        return kwargs
+
+    async def complete(
+        self, model: ModelSpec, messages: list[dict[str, Any]], params: dict[str, Any]
+    ) -> dict[str, Any]:
+        litellm = self._lib()
+        try:
+            response = await litellm.acompletion(**self._kwargs(model, messages, params))
+        except Exception as exc:  # every provider failure is mapped, none escapes as a 500
+            raise map_litellm_error(exc, model) from exc
+        return response.model_dump(exclude_none=True)
+
+    async def stream(
+        self, model: ModelSpec, messages: list[dict[str, Any]], params: dict[str, Any]
+    ) -> AsyncIterator[dict[str, Any]]:
+        litellm = self._lib()
+        kwargs = self._kwargs(model, messages, params)
+        kwargs["stream"] = True
+        kwargs["stream_options"] = {"include_usage": True}
+        try:
+            response = await litellm.acompletion(**kwargs)
+            async for chunk in response:
+                yield chunk.model_dump(exclude_none=True)
+        except Exception as exc:
+            raise map_litellm_error(exc, model) from exc
