@@ -97,8 +97,8 @@ def run_read_query(con: Any, sql: str, limit: int) -> dict[str, Any]:
 @post("/admin/api/sql", status_code=200, summary="Run one read-only DuckDB query on the history")
 async def admin_sql(request: Request, data: SqlRequest, services: Services) -> dict[str, Any]:
     require_admin(request, services)
-    assert services.db is not None and services.history is not None
-    await services.history.flush()
+    assert services.db is not None
+    await services.settle()
     return await services.db.run(run_read_query, data.sql, data.limit)
 
 
@@ -124,8 +124,8 @@ async def admin_requests(
     from compass.stats import raw
 
     require_admin(request, services)
-    assert services.db is not None and services.history is not None
-    await services.history.flush()
+    assert services.db is not None
+    await services.settle()
     return await services.db.run(raw, None, limit, 0)
 
 

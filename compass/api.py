@@ -129,8 +129,8 @@ async def health(services: Services) -> dict[str, Any]:
 @get("/stats", summary="Totals and distributions of this tenant's requests")
 async def stats(request: Request, services: Services) -> dict[str, Any]:
     caller = caller_for(request, services)
-    assert services.db is not None and services.history is not None
-    await services.history.flush()
+    assert services.db is not None
+    await services.settle()
     return await services.db.run(summary, caller.tenant_scope)
 
 
@@ -142,8 +142,8 @@ async def stats_raw(
     offset: Annotated[int, Parameter(ge=0)] = 0,
 ) -> dict[str, Any]:
     caller = caller_for(request, services)
-    assert services.db is not None and services.history is not None
-    await services.history.flush()
+    assert services.db is not None
+    await services.settle()
     return await services.db.run(raw, caller.tenant_scope, limit, offset)
 
 

@@ -8,6 +8,7 @@ error bodies: a client mistake is a 4xx with ``{"error": {...}}``, never a 500.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -25,6 +26,8 @@ from compass.errors import CompassError, error_body
 from compass.services import Services, build_services
 
 log = logging.getLogger("compass")
+
+MISSING_FIELD = re.compile(r"missing required field `([^`]+)`")
 
 HTTP_ERROR_TYPES = {
     401: ("authentication_error", "invalid_api_key"),
@@ -61,6 +64,9 @@ def validation_error_handler(_: Request, exc: ValidationException) -> Response:
     if not parts:
         parts.append(str(exc.detail))
     message = "; ".join(parts)
+    missing = MISSING_FIELD.search(message)
+    if missing:
+        param = f"{param}.{missing.group(1)}" if param else missing.group(1)
     if "JSON" in message or "malformed" in message.lower() or "decode" in message.lower():
         message = f"We could not parse the JSON body of your request: {message}"
     return _json_response(400, error_body(message, "invalid_request_error", param, "invalid_request"))

@@ -71,12 +71,16 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     models: list[ModelSpec] = []
     model_list: list[dict[str, Any]] = []
-    demo: Literal["auto", "on", "off"] = "auto"
+    demo: Literal["auto", "on", "off"] | bool = "auto"  # YAML reads on/off as booleans
     classifier: ClassifierSettings = msgspec.field(default_factory=ClassifierSettings)
     selector: SelectorSettings = msgspec.field(default_factory=SelectorSettings)
     cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
     storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
     upstream: UpstreamSettings = msgspec.field(default_factory=UpstreamSettings)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.demo, bool):
+            self.demo = "on" if self.demo else "off"
 
     @property
     def home_path(self) -> Path:

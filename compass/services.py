@@ -60,6 +60,13 @@ class Services:
         task.add_done_callback(self._background_done)
         return task
 
+    async def settle(self) -> None:
+        """Wait for queued history rows and background writes, so a read sees every request."""
+        if self.background:
+            await asyncio.wait(list(self.background), timeout=10)
+        if self.history is not None:
+            await self.history.flush()
+
     def _background_done(self, task: asyncio.Task[Any]) -> None:
         self.background.discard(task)
         if not task.cancelled() and task.exception() is not None:
