@@ -39,7 +39,9 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True):
 
     def expected_cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         """USD for a call of that size at this model's list prices."""
-        return (prompt_tokens * self.input_price_per_mtok + completion_tokens * self.output_price_per_mtok) / 1e6
+        return (
+            prompt_tokens * self.input_price_per_mtok + completion_tokens * self.output_price_per_mtok
+        ) / 1e6
 
 
 EmbedFn = Callable[[list[str]], Awaitable["np.ndarray"]]

@@ -16,7 +16,6 @@ from layers.classifier.base import Classification
 from layers.registry import resolve
 from layers.types import ModelSpec
 
-
 # Per-request cost weights behind the virtual models compass/cheap, compass/balanced, compass/best.
 COST_WEIGHT_PRESETS: dict[str, float] = {"cheap": 1.0, "balanced": 0.3, "best": 0.0}
 
