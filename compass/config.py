@@ -61,6 +61,7 @@ class StorageSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class UpstreamSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     backend: str = "litellm"
+    direct_openai_compatible: bool = True  # skip LiteLLM's bookkeeping for self-hosted OpenAI servers
     timeout_s: float = 60.0
     max_retries: int = 1
     expected_completion_tokens: int = 256

@@ -203,7 +203,8 @@ def build_services(settings: Settings, upstream: Upstream | None = None) -> Serv
     """Construct (not start) the services for ``settings``."""
     return Services(
         settings=settings,
-        upstream=upstream or build_upstream(settings.upstream.backend),
+        upstream=upstream
+        or build_upstream(settings.upstream.backend, direct=settings.upstream.direct_openai_compatible),
     )
 
 

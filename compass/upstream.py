@@ -88,10 +88,37 @@ def map_litellm_error(exc: Exception, model: ModelSpec) -> Exception:
 
 
 class LiteLLMUpstream(Upstream):
+    """LiteLLM for every provider; self-hosted OpenAI-compatible servers take ``compass.direct``."""
+
     name = "litellm"
 
-    def __init__(self, **_: Any) -> None:
+    def __init__(self, direct: bool = True, **_: Any) -> None:
         self._litellm: Any = None
+        self.direct_enabled = direct
+        self._routes: dict[str, Any] = {}
+        self._direct: Any = None
+
+    def _route(self, model: ModelSpec) -> Any:
+        """The direct route for ``model``, resolved once per model; ``None`` means LiteLLM."""
+        if not self.direct_enabled:
+            return None
+        if model.name not in self._routes:
+            from compass.direct import DirectClient, direct_route
+
+            self._lib()
+            self._routes[model.name] = direct_route(model, self._key(model))
+            if self._routes[model.name] is not None and self._direct is None:
+                self._direct = DirectClient()
+        return self._routes[model.name]
+
+    @staticmethod
+    def _key(model: ModelSpec) -> str | None:
+        return model.api_key or (os.environ.get(model.api_key_env) if model.api_key_env else None)
+
+    async def close(self) -> None:
+        if self._direct is not None:
+            await self._direct.close()
+            self._direct = None
 
     def _lib(self) -> Any:
         if self._litellm is None:
@@ -111,7 +138,7 @@ class LiteLLMUpstream(Upstream):
         }
         if model.api_base:
             kwargs["api_base"] = model.api_base
-        key = model.api_key or (os.environ.get(model.api_key_env) if model.api_key_env else None)
+        key = self._key(model)
         if key:
             kwargs["api_key"] = key
         return kwargs
@@ -119,6 +146,9 @@ class LiteLLMUpstream(Upstream):
     async def complete(
         self, model: ModelSpec, messages: list[dict[str, Any]], params: dict[str, Any]
     ) -> dict[str, Any]:
+        route = self._route(model)
+        if route is not None:
+            return await self._direct.complete(model, route, messages, params)
         litellm = self._lib()
         try:
             response = await litellm.acompletion(**self._kwargs(model, messages, params))
@@ -129,6 +159,11 @@ class LiteLLMUpstream(Upstream):
     async def stream(
         self, model: ModelSpec, messages: list[dict[str, Any]], params: dict[str, Any]
     ) -> AsyncIterator[dict[str, Any]]:
+        route = self._route(model)
+        if route is not None:
+            async for chunk in self._direct.stream(model, route, messages, params):
+                yield chunk
+            return
         litellm = self._lib()
         kwargs = self._kwargs(model, messages, params)
         kwargs["stream"] = True
