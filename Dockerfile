@@ -1,0 +1,36 @@
+# LLM Compass — CPU image. GPU: docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu124 .
+# Optional NVIDIA classifier weights at build time: --build-arg FETCH_MODELS=nvidia (needs network).
+FROM python:3.11-slim AS base
+
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ARG FETCH_MODELS=""
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    COMPASS_HOME=/data \
+    COMPASS_HOST=0.0.0.0 \
+    HF_HOME=/models \
+    LITELLM_LOCAL_MODEL_COST_MAP=True
+
+RUN useradd --create-home --uid 10001 compass \
+ && mkdir -p /data /models /app && chown compass:compass /data /models /app
+
+WORKDIR /app
+# torch first, pinned, from the CPU (or the chosen CUDA) index: an unpinned torch pulls a multi-GB build.
+RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
+COPY pyproject.toml README.md ./
+COPY compass ./compass
+COPY layers ./layers
+COPY ops ./ops
+RUN pip install . && if [ -n "${FETCH_MODELS}" ]; then COMPASS_ONLINE=1 compass download-models ${FETCH_MODELS}; fi
+
+USER compass
+VOLUME ["/data"]
+EXPOSE 8402
+HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
+  CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8402/health', timeout=2).status == 200 else 1)"
+# Binding 0.0.0.0 needs API keys (compass keys create), or --allow-public-without-keys for a trusted network.
+CMD ["compass", "serve", "--host", "0.0.0.0", "--port", "8402"]

@@ -1,0 +1,5 @@
+"""``python -m compass`` is the ``compass`` command."""
+
+from compass.cli import main
+
+main()
