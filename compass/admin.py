@@ -14,11 +14,11 @@ from importlib import resources
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, Response, get, post
+from litestar import Request, Response, delete, get, post
 from litestar.params import Parameter
 
 from compass.auth import caller_for
-from compass.errors import InvalidRequest, PermissionDenied
+from compass.errors import InvalidRequest, NotFound, PermissionDenied
 from compass.services import Services
 
 READ_STATEMENTS = frozenset({"SELECT", "EXPLAIN"})
@@ -136,4 +136,55 @@ async def admin_page(request: Request, services: Services) -> Response:
     return Response(content=html, media_type="text/html")
 
 
-ADMIN_HANDLERS = [admin_sql, admin_bandit, admin_cache, admin_requests, admin_page]
+class KeyCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    tenant: Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.@-]+$")]
+    requests_per_minute: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    note: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+
+
+@post("/admin/api/keys", status_code=201, summary="Create a client API key (shown once)")
+async def admin_create_key(request: Request, data: KeyCreate, services: Services) -> dict[str, Any]:
+    from compass.auth import keyring
+    from compass.keys import create_key
+
+    require_admin(request, services)
+    assert services.db is not None
+    key, record = await services.db.run(create_key, data.tenant, data.requests_per_minute, data.note)
+    await keyring(services).reload()
+    return {**msgspec.to_builtins(record), "key": key}
+
+
+@get("/admin/api/keys", summary="List client API keys (never the keys themselves)")
+async def admin_list_keys(
+    request: Request, services: Services, include_revoked: bool = False
+) -> dict[str, Any]:
+    from compass.keys import list_keys
+
+    require_admin(request, services)
+    assert services.db is not None
+    return {"object": "list", "data": msgspec.to_builtins(await services.db.run(list_keys, include_revoked))}
+
+
+@delete("/admin/api/keys/{key_id:str}", status_code=200, summary="Revoke a client API key")
+async def admin_revoke_key(request: Request, key_id: str, services: Services) -> dict[str, Any]:
+    from compass.auth import keyring
+    from compass.keys import revoke_key
+
+    require_admin(request, services)
+    assert services.db is not None
+    if not await services.db.run(revoke_key, key_id):
+        raise NotFound(f"no active key {key_id!r}", param="key_id")
+    await keyring(services).reload()
+    return {"id": key_id, "revoked": True}
+
+
+ADMIN_HANDLERS = [
+    admin_sql,
+    admin_bandit,
+    admin_cache,
+    admin_requests,
+    admin_page,
+    admin_create_key,
+    admin_list_keys,
+    admin_revoke_key,
+]

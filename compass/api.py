@@ -48,12 +48,26 @@ def cache_mode(request: Request, data: ChatCompletionRequest) -> str:
     return mode
 
 
+def check_limits(services: Services, data: ChatCompletionRequest) -> None:
+    limits = services.settings.limits
+    if len(data.messages) > limits.max_messages:
+        raise InvalidRequest(
+            f"too many messages: {len(data.messages)} > {limits.max_messages}", param="messages"
+        )
+    ceiling = limits.max_tokens_ceiling
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = getattr(data, name)
+        if ceiling is not None and isinstance(value, int) and value > ceiling:
+            raise InvalidRequest(f"{name} {value} exceeds this gateway's ceiling of {ceiling}", param=name)
+
+
 @post("/v1/chat/completions", status_code=200, summary="Create a chat completion (routed)")
 async def chat_completions(
     request: Request, data: ChatCompletionRequest, services: Services
 ) -> Response | ServerSentEvent:
     """OpenAI's chat completions; ``model`` of ``auto`` (or omitted) is routed by the layers."""
-    caller = caller_for(request, services)
+    caller = caller_for(request, services, rate_limited=True)
+    check_limits(services, data)
     caller.cache_mode = cache_mode(request, data)
     if data.wants_stream:
         events, headers = await open_stream(services, data, caller)
@@ -63,7 +77,8 @@ async def chat_completions(
 
 
 @get("/v1/models", summary="List the pool and the virtual routed models")
-async def list_models(services: Services) -> dict[str, Any]:
+async def list_models(request: Request, services: Services) -> dict[str, Any]:
+    caller_for(request, services)
     created = int(services.started_at)
     data = [
         {
@@ -157,7 +172,7 @@ async def feedback(request: Request, data: FeedbackRequest, services: Services) 
 
 @post("/v1/route", status_code=200, summary="The routing decision for a chat request, no model called")
 async def route_only(request: Request, data: ChatCompletionRequest, services: Services) -> dict[str, Any]:
-    caller_for(request, services)
+    caller_for(request, services, rate_limited=True)
     start = time.perf_counter()
     messages = messages_as_dicts(data)
     prompt = make_prompt(services, last_user_text(messages), approx_tokens(messages))
@@ -176,7 +191,7 @@ async def _classify(request: Request, data: ClassificationRequest, services: Ser
 
     The tier label comes first and carries the backend's full output under ``details``.
     """
-    caller_for(request, services)
+    caller_for(request, services, rate_limited=True)
     texts = [data.inputs] if isinstance(data.inputs, str) else list(data.inputs)
     assert services.classifier is not None
     results = await services.classifier.classify_texts(texts)

@@ -98,7 +98,13 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncGenerator[None, None]:
+        from compass.auth import keyring
+
         await services.start()
+        ring = keyring(services)
+        await ring.reload()
+        if not ring.local_mode and not ring.admin_key:
+            log.warning("client keys exist but no admin key is set: /admin and SQL access are closed")
         try:
             yield
         finally:
@@ -130,4 +136,4 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
 
 
 def settings_max_body(settings: Settings) -> int:
-    return 8 * 1024 * 1024
+    return settings.limits.max_body_bytes

@@ -67,6 +67,17 @@ class UpstreamSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     expected_completion_tokens: int = 256
 
 
+class SecuritySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    admin_key: str | None = None  # COMPASS_ADMIN_KEY wins; guards /admin, SQL and key management
+
+
+class LimitsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_messages: int = 2048
+    max_tokens_ceiling: int | None = 65_536
+    requests_per_minute: float | None = None  # per key (or for everyone in local mode); None: no limit
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     home: str = "./data"
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
@@ -78,6 +89,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
     storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
     upstream: UpstreamSettings = msgspec.field(default_factory=UpstreamSettings)
+    security: SecuritySettings = msgspec.field(default_factory=SecuritySettings)
+    limits: LimitsSettings = msgspec.field(default_factory=LimitsSettings)
 
     def __post_init__(self) -> None:
         if isinstance(self.demo, bool):
@@ -226,6 +239,10 @@ def validate_settings(settings: Settings) -> None:
         raise ConfigError(f"server.port: must be between 1 and 65535, got {settings.server.port}")
     if settings.classifier.time_budget_ms <= 0:
         raise ConfigError("classifier.time_budget_ms: must be positive")
+    if settings.limits.max_body_bytes < 1024:
+        raise ConfigError("limits.max_body_bytes: must be at least 1024")
+    if settings.limits.requests_per_minute is not None and settings.limits.requests_per_minute <= 0:
+        raise ConfigError("limits.requests_per_minute: must be positive (or null for no limit)")
     if settings.storage.batch_size < 1:
         raise ConfigError("storage.batch_size: must be at least 1")
     if settings.upstream.timeout_s <= 0:

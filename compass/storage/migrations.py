@@ -141,3 +141,22 @@ def cache_entries_table(con: duckdb.DuckDBPyConnection) -> None:
         """
     )
     con.execute("CREATE INDEX cache_exact ON cache_entries (exact_hash)")
+
+
+@migration
+def api_keys_table(con: duckdb.DuckDBPyConnection) -> None:
+    """Client API keys, stored as SHA-256 hashes; each belongs to one tenant."""
+    con.execute(
+        """
+        CREATE TABLE api_keys (
+            id VARCHAR PRIMARY KEY,
+            tenant VARCHAR NOT NULL,
+            key_hash VARCHAR NOT NULL UNIQUE,
+            prefix VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL,
+            revoked_at TIMESTAMP,
+            requests_per_minute DOUBLE,
+            note VARCHAR
+        )
+        """
+    )
