@@ -115,7 +115,7 @@ def test_request_limits(secured: tuple[TestClient, str, str]) -> None:
 
 
 def test_key_management_endpoints(secured: tuple[TestClient, str, str]) -> None:
-    client, key_a, _ = secured
+    client, _, _ = secured
     created = client.post("/admin/api/keys", json={"tenant": "initech"}, headers=bearer(ADMIN))
     assert created.status_code == 201
     new_key, new_id = created.json()["key"], created.json()["id"]
