@@ -1,0 +1,364 @@
+"""Layer 2: contextual Thompson sampling over the model pool, with a tier prior and a cost term.
+
+State per (context, model) is a Beta posterior over answer quality. Rewards are fractional
+(``alpha += w·r``, ``beta += w·(1-r)``) and optionally discounted with a half-life. The state is
+an order-independent fold: each event adds ``w·2^((ts - t_ref)/half_life)·r`` to a running sum,
+and the posterior at time ``now`` multiplies the sums by ``2^((t_ref - now)/half_life)``. Adding is
+commutative, so ``rebuild`` from the reward rows reproduces the live posteriors (to float
+rounding), and ``forget`` subtracts exactly what ``observe`` added.
+
+Prior (per context, whose first ``:``-separated part is the Layer 1 tier; ``gap`` = request
+tier index - model tier index, tiers simple=0 < medium=1 < complex=2)::
+
+    gap <= 0 (model of the tier or above): mean = min(prior_max, prior_high + prior_bonus·(-gap))
+    gap >= 1 (weaker model):                mean = max(prior_floor, prior_low - prior_step·(gap - 1))
+    alpha0 = prior_strength · mean,  beta0 = prior_strength · (1 - mean)
+
+Defaults: prior_high 0.8, prior_bonus 0.05, prior_max 0.9, prior_low 0.4, prior_step 0.2,
+prior_floor 0.05, prior_strength 4. A fitted ``priors_path`` (JSON from ``compass train``)
+replaces the tier prior for the (context, model) pairs it names.
+
+Choice: ``θ_i ~ Beta(alpha_i, beta_i)``, ``u_i = θ_i - cost_weight · cost_i / max_j cost_j`` where
+``cost_i = ModelSpec.expected_cost(prompt_tokens, expected_completion_tokens)``; the model with
+the largest ``u`` wins and ``ranked`` orders all candidates by ``u``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from layers.bandit.base import COST_WEIGHT_PRESETS, RewardEvent, Selection, SelectionContext, Selector
+from layers.classifier.base import Classification
+from layers.types import TIER_INDEX, TIERS, ModelSpec
+
+__all__ = ["COST_WEIGHT_PRESETS", "ThompsonSelector", "tier_prior_mean"]
+
+DEFAULTS: dict[str, Any] = {
+    "context": "tier",  # tier | tier_task
+    "prior_strength": 4.0,
+    "prior_high": 0.8,
+    "prior_bonus": 0.05,
+    "prior_max": 0.9,
+    "prior_low": 0.4,
+    "prior_step": 0.2,
+    "prior_floor": 0.05,
+    "priors_path": None,
+    "cost_weight": COST_WEIGHT_PRESETS["balanced"],
+    "half_life_s": None,
+    "propensity_samples": 64,  # Monte Carlo draws per decision for Selection.propensity (0: off)
+    "snapshot_samples": 2000,
+    "snapshot_prompt_tokens": 500,
+    "snapshot_completion_tokens": 256,
+    "source_weights": {},  # e.g. {"failure": 0.5}; sources not named weigh 1
+    "seed": None,
+}
+# Rescale the decay reference once the newest event is this many half-lives past it (2^256 is safe).
+_RESCALE_HALF_LIVES = 256.0
+
+
+def tier_prior_mean(request_tier: str, model: ModelSpec, options: dict[str, Any]) -> float:
+    """Prior mean quality of ``model`` for a request of ``request_tier`` (see module docstring)."""
+    gap = TIER_INDEX[request_tier] - TIER_INDEX[model.tier]
+    if gap <= 0:
+        return min(float(options["prior_max"]), options["prior_high"] + options["prior_bonus"] * (-gap))
+    return max(float(options["prior_floor"]), options["prior_low"] - options["prior_step"] * (gap - 1))
+
+
+class _ContextState:
+    """Running sums for one context, one slot per known model (arrays grow with the index)."""
+
+    __slots__ = ("last", "pulls", "sa", "sb", "sw")
+
+    def __init__(self, size: int) -> None:
+        self.sa = np.zeros(size)  # Σ decayed w·r
+        self.sb = np.zeros(size)  # Σ decayed w·(1-r)
+        self.sw = np.zeros(size)  # Σ decayed w (effective pulls)
+        self.pulls = np.zeros(size, dtype=np.int64)  # raw count of events
+        self.last = np.full(size, np.nan)  # newest event ts (forget does not roll it back)
+
+    def grow(self, size: int) -> None:
+        extra = size - len(self.sa)
+        if extra > 0:
+            self.sa = np.concatenate([self.sa, np.zeros(extra)])
+            self.sb = np.concatenate([self.sb, np.zeros(extra)])
+            self.sw = np.concatenate([self.sw, np.zeros(extra)])
+            self.pulls = np.concatenate([self.pulls, np.zeros(extra, dtype=np.int64)])
+            self.last = np.concatenate([self.last, np.full(extra, np.nan)])
+
+
+class ThompsonSelector(Selector):
+    """Beta-Bernoulli Thompson sampling with fractional rewards, tier priors, cost and decay."""
+
+    name = "thompson"
+
+    def __init__(
+        self,
+        options: dict[str, Any] | None = None,
+        pool: list[ModelSpec] | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        unknown = set(options or {}) - set(DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown thompson options: {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+        self.options = {**DEFAULTS, **(options or {})}
+        if self.options["context"] not in ("tier", "tier_task"):
+            raise ValueError("thompson option 'context' must be 'tier' or 'tier_task'")
+        half_life = self.options["half_life_s"]
+        self.half_life: float | None = float(half_life) if half_life else None
+        self.cost_weight = float(self.options["cost_weight"])
+        self.samples = int(self.options["propensity_samples"])
+        self.source_weights = {k: float(v) for k, v in dict(self.options["source_weights"]).items()}
+        self.pool = list(pool or [])
+        self.clock = clock or time.time
+        self.rng = np.random.default_rng(self.options["seed"])
+        self._index: dict[str, int] = {m.name: i for i, m in enumerate(self.pool)}
+        self._specs: dict[str, ModelSpec] = {m.name: m for m in self.pool}
+        self._fitted = self._load_priors(self.options["priors_path"])
+        self._prior_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._cand_cache: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.reset()
+
+    # ---- state -------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        self._states: dict[str, _ContextState] = {}
+        self._t_ref: float | None = None
+
+    def context_of(self, classification: Classification) -> str:
+        if self.options["context"] == "tier_task":
+            return f"{classification.tier}:{classification.task_type or 'general'}"
+        return classification.tier
+
+    def _state(self, context: str) -> _ContextState:
+        state = self._states.get(context)
+        if state is None:
+            state = self._states[context] = _ContextState(len(self._index))
+        return state
+
+    def _slot(self, model: str) -> int:
+        slot = self._index.get(model)
+        if slot is None:  # a model no longer in the pool: keep its rows so rebuild stays exact
+            slot = self._index[model] = len(self._index)
+            self._prior_cache.clear()
+        return slot
+
+    def _weight(self, event: RewardEvent) -> float:
+        """The event's weight against the decay reference (rescaling the sums when far ahead)."""
+        w = self.source_weights.get(event.source, 1.0)
+        if self.half_life is None:
+            return w
+        if self._t_ref is None:
+            self._t_ref = event.ts
+        elif (event.ts - self._t_ref) / self.half_life > _RESCALE_HALF_LIVES:
+            scale = 2.0 ** ((self._t_ref - event.ts) / self.half_life)
+            for state in self._states.values():
+                state.sa *= scale
+                state.sb *= scale
+                state.sw *= scale
+            self._t_ref = event.ts
+        return w * 2.0 ** ((event.ts - self._t_ref) / self.half_life)
+
+    def _apply(self, event: RewardEvent, sign: float) -> None:
+        reward = min(1.0, max(0.0, float(event.reward)))
+        slot = self._slot(event.model)
+        state = self._state(event.context)
+        state.grow(len(self._index))
+        w = sign * self._weight(event)
+        state.sa[slot] += w * reward
+        state.sb[slot] += w * (1.0 - reward)
+        state.sw[slot] += w
+        state.pulls[slot] += int(sign)
+        if sign > 0 and not (state.last[slot] >= event.ts):
+            state.last[slot] = event.ts
+
+    def observe(self, event: RewardEvent) -> None:
+        self._apply(event, 1.0)
+
+    def forget(self, event: RewardEvent) -> None:
+        self._apply(event, -1.0)
+
+    def rebuild(self, events: Iterable[RewardEvent]) -> None:
+        self.reset()
+        for event in events:
+            self.observe(event)
+
+    def _decay(self, now: float | None) -> float:
+        if self.half_life is None or self._t_ref is None:
+            return 1.0
+        now = self.clock() if now is None else now
+        return 2.0 ** ((self._t_ref - now) / self.half_life)
+
+    # ---- priors ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _load_priors(path: str | None) -> dict[str, dict[str, tuple[float, float]]]:
+        if not path:
+            return {}
+        data = json.loads(Path(path).read_text())
+        return {
+            ctx: {m: (float(v["alpha"]), float(v["beta"])) for m, v in models.items()}
+            for ctx, models in data.get("contexts", {}).items()
+        }
+
+    def _prior(self, context: str) -> tuple[np.ndarray, np.ndarray]:
+        """(alpha0, beta0) for every known slot in this context."""
+        cached = self._prior_cache.get(context)
+        if cached is not None and len(cached[0]) == len(self._index):
+            return cached
+        tier = context.split(":", 1)[0]
+        tier = tier if tier in TIER_INDEX else "medium"
+        fitted = self._fitted.get(context) or self._fitted.get(tier) or {}
+        strength = float(self.options["prior_strength"])
+        a0 = np.empty(len(self._index))
+        b0 = np.empty(len(self._index))
+        for name, slot in self._index.items():
+            if name in fitted:
+                a0[slot], b0[slot] = fitted[name]
+                continue
+            spec = self._specs.get(name)
+            mean = tier_prior_mean(tier, spec, self.options) if spec else 0.5
+            a0[slot], b0[slot] = strength * mean, strength * (1.0 - mean)
+        self._prior_cache[context] = (a0, b0)
+        return a0, b0
+
+    def posterior(self, context: str, now: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(alpha, beta) arrays over all known slots for ``context`` at time ``now``."""
+        a0, b0 = self._prior(context)
+        state = self._states.get(context)
+        if state is None:
+            return a0.copy(), b0.copy()
+        state.grow(len(self._index))
+        decay = self._decay(now)
+        return a0 + decay * state.sa, b0 + decay * state.sb
+
+    # ---- choice ------------------------------------------------------------------------------
+
+    def _candidates(self, candidates: list[ModelSpec]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        key = tuple(m.name for m in candidates)
+        cached = self._cand_cache.get(key)
+        if cached is None:
+            for m in candidates:
+                self._specs.setdefault(m.name, m)
+                self._slot(m.name)
+            slots = np.array([self._index[m.name] for m in candidates], dtype=np.int64)
+            pin = np.array([m.input_price_per_mtok for m in candidates]) / 1e6
+            pout = np.array([m.output_price_per_mtok for m in candidates]) / 1e6
+            cached = self._cand_cache[key] = (slots, pin, pout)
+        return cached
+
+    def _utility_inputs(
+        self, ctx: SelectionContext, context: str, now: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        slots, pin, pout = self._candidates(ctx.candidates)
+        alpha, beta = self.posterior(context, now)
+        cost = pin * ctx.prompt_tokens + pout * ctx.expected_completion_tokens
+        top = float(cost.max()) if len(cost) else 0.0
+        norm = cost / top if top > 0 else np.zeros_like(cost)
+        weight = self.cost_weight if ctx.cost_weight is None else float(ctx.cost_weight)
+        return np.maximum(alpha[slots], 1e-9), np.maximum(beta[slots], 1e-9), weight * norm, weight
+
+    def shares(self, ctx: SelectionContext, samples: int, now: float | None = None) -> np.ndarray:
+        """Monte Carlo P(each candidate is chosen) under the current posteriors; sums to 1."""
+        context = self.context_of(ctx.classification)
+        alpha, beta, penalty, _ = self._utility_inputs(ctx, context, now)
+        theta = self.rng.beta(alpha, beta, size=(samples, len(alpha)))
+        winners = np.argmax(theta - penalty, axis=1)
+        return np.bincount(winners, minlength=len(alpha)) / samples
+
+    def select(self, ctx: SelectionContext) -> Selection:
+        if not ctx.candidates:
+            raise ValueError("no candidate models to select from")
+        context = self.context_of(ctx.classification)
+        alpha, beta, penalty, weight = self._utility_inputs(ctx, context)
+        theta = self.rng.beta(alpha, beta)
+        utility = theta - penalty
+        order = np.argsort(-utility, kind="stable")
+        best = int(order[0])
+        propensity = None
+        if self.samples > 0:
+            # The decision's own draw counts as one of samples+1, so the estimate is never 0 (IPS-safe).
+            draws = self.rng.beta(alpha, beta, size=(self.samples, len(alpha)))
+            hits = int(np.count_nonzero(np.argmax(draws - penalty, axis=1) == best))
+            propensity = (hits + 1) / (self.samples + 1)
+        names = [m.name for m in ctx.candidates]
+        return Selection(
+            model=names[best],
+            method="thompson",
+            context=context,
+            candidates=names,
+            ranked=[names[i] for i in order],
+            utilities={n: float(u) for n, u in zip(names, utility, strict=True)},
+            sampled={n: float(t) for n, t in zip(names, theta, strict=True)},
+            propensity=propensity,
+            cost_weight=weight,
+        )
+
+    # ---- admin view --------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Posteriors per context and model, with 95% intervals and estimated selection shares."""
+        from scipy.stats import beta as beta_dist
+
+        now = self.clock()
+        decay = self._decay(now)
+        contexts: dict[str, Any] = {}
+        names = list(self._index)
+        pool = [self._specs[n] for n in names if n in self._specs]
+        context_keys = list(dict.fromkeys([*TIERS, *self._states]))
+        for context in context_keys:
+            alpha, beta = self.posterior(context, now)
+            state = self._states.get(context)
+            share: dict[str, float] = {}
+            if pool:
+                tier = context.split(":", 1)[0]
+                task = context.split(":", 1)[1] if ":" in context else None
+                ctx = SelectionContext(
+                    classification=Classification(
+                        tier=tier if tier in TIER_INDEX else "medium",
+                        score=0.0,
+                        backend="snapshot",
+                        task_type=task,
+                    ),
+                    candidates=pool,
+                    prompt_tokens=int(self.options["snapshot_prompt_tokens"]),
+                    expected_completion_tokens=int(self.options["snapshot_completion_tokens"]),
+                )
+                estimate = self.shares(ctx, int(self.options["snapshot_samples"]), now)
+                share = {m.name: float(s) for m, s in zip(pool, estimate, strict=True)}
+            low, high = beta_dist.ppf([[0.025], [0.975]], np.maximum(alpha, 1e-9), np.maximum(beta, 1e-9))
+            models = {}
+            for name, slot in self._index.items():
+                last = float(state.last[slot]) if state is not None else math.nan
+                models[name] = {
+                    "alpha": float(alpha[slot]),
+                    "beta": float(beta[slot]),
+                    "mean": float(alpha[slot] / (alpha[slot] + beta[slot])),
+                    "ci95": [float(low[slot]), float(high[slot])],
+                    "pulls_effective": float(decay * state.sw[slot]) if state is not None else 0.0,
+                    "pulls": int(state.pulls[slot]) if state is not None else 0,
+                    "last_update": None if math.isnan(last) else last,
+                    "share": share.get(name, 0.0),
+                    "in_pool": name in self._specs and any(m.name == name for m in self.pool),
+                }
+            contexts[context] = models
+        return {
+            "selector": self.name,
+            "context_mode": self.options["context"],
+            "cost_weight": self.cost_weight,
+            "half_life_s": self.half_life,
+            "prior_strength": float(self.options["prior_strength"]),
+            "priors_path": self.options["priors_path"],
+            "share_assumes": {
+                "prompt_tokens": int(self.options["snapshot_prompt_tokens"]),
+                "completion_tokens": int(self.options["snapshot_completion_tokens"]),
+                "cost_weight": self.cost_weight,
+            },
+            "contexts": contexts,
+        }
