@@ -137,6 +137,7 @@ async def health(services: Services) -> dict[str, Any]:
             "pending": history.pending if history else 0,
             "written": history.written if history else 0,
         },
+        "breakers": services.breakers.snapshot(),
         "problems": services.problems,
     }
 

@@ -141,9 +141,25 @@ class Exchange:
         assert self.decision is not None
         if self.decision.method == "user_specified":
             return [self.decision.model]
-        return [self.decision.model, *self.decision.fallbacks[:MAX_FALLBACK_MODELS]]
+        limit = self.services.settings.upstream.max_fallback_models
+        breakers = self.services.breakers
+        fallbacks = [m for m in self.decision.fallbacks if breakers[m.name].allows()][:limit]
+        return [self.decision.model, *fallbacks]
+
+    def may_try(self, model: ModelSpec, attempt: int) -> bool:
+        """Retry only while the model's circuit lets calls through (a half-open one: one probe)."""
+        breaker = self.services.breakers[model.name]
+        if attempt > 0 and not breaker.allows():
+            return False
+        breaker.before_call()
+        return True
 
     def note_attempt(self, model: ModelSpec, start: float, error: Exception | None) -> None:
+        breaker = self.services.breakers[model.name]
+        if error is None:
+            breaker.success()
+        elif not isinstance(error, InvalidRequest):
+            breaker.failure()
         entry: dict[str, Any] = {"model": model.name, "ms": round((time.perf_counter() - start) * 1000, 3)}
         entry["status"] = "ok" if error is None else getattr(error, "status_code", 500)
         if error is not None:
@@ -167,6 +183,8 @@ class Exchange:
         last: CompassError | None = None
         for model in self.plan():
             for attempt in range(retries + 1):
+                if not self.may_try(model, attempt):
+                    break
                 start = time.perf_counter()
                 try:
                     body = await self.services.upstream.complete(model, self.messages, self.params)
@@ -288,7 +306,6 @@ class Exchange:
         self.error = str(exc)[:2000]
 
 
-MAX_FALLBACK_MODELS = 2
 RETRY_BACKOFF_S = 0.05
 
 
@@ -367,6 +384,8 @@ async def exchange_open_upstream(exchange: Exchange) -> tuple[AsyncIterator[dict
     last: CompassError | None = None
     for model in exchange.plan():
         for attempt in range(retries + 1):
+            if not exchange.may_try(model, attempt):
+                break
             start = time.perf_counter()
             chunks = exchange.services.upstream.stream(model, exchange.messages, exchange.params)
             try:

@@ -64,6 +64,9 @@ class UpstreamSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     direct_openai_compatible: bool = True  # skip LiteLLM's bookkeeping for self-hosted OpenAI servers
     timeout_s: float = 60.0
     max_retries: int = 1
+    max_fallback_models: int = 2
+    breaker_failures: int = 3  # consecutive failures that open a model's circuit
+    breaker_cooldown_s: float = 30.0
     expected_completion_tokens: int = 256
 
 

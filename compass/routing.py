@@ -96,6 +96,13 @@ def resolve_cost_weight(request: ChatCompletionRequest, preset: str | None) -> f
 
 
 def candidate_models(services: Services, request: ChatCompletionRequest) -> list[ModelSpec]:
+    """The pool (or the request's ``compass.candidates``) less models whose circuit is open."""
+    models = requested_candidates(services, request)
+    healthy = [m for m in models if services.breakers[m.name].allows()]
+    return healthy or models  # all open: let Layer 2 choose anyway rather than fail outright
+
+
+def requested_candidates(services: Services, request: ChatCompletionRequest) -> list[ModelSpec]:
     options = request.compass
     if options is msgspec.UNSET or options.candidates is msgspec.UNSET:
         return services.models

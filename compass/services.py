@@ -15,6 +15,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from compass.breaker import Breakers
 from compass.config import Settings, configured_pool, demo_pool
 from compass.storage.db import Database
 from compass.storage.history import HistoryWriter
@@ -48,6 +49,7 @@ class Services:
     started_at: float = field(default_factory=time.time)
     extras: dict[str, Any] = field(default_factory=dict)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+    breakers: Breakers = field(default_factory=Breakers)
 
     @property
     def models(self) -> list[ModelSpec]:
@@ -203,6 +205,7 @@ def build_services(settings: Settings, upstream: Upstream | None = None) -> Serv
     """Construct (not start) the services for ``settings``."""
     return Services(
         settings=settings,
+        breakers=Breakers(settings.upstream.breaker_failures, settings.upstream.breaker_cooldown_s),
         upstream=upstream
         or build_upstream(settings.upstream.backend, direct=settings.upstream.direct_openai_compatible),
     )

@@ -303,3 +303,20 @@ def test_route_endpoint_calls_no_model(gateway: TestClient, mock: MockUpstream) 
     body = gateway.post("/v1/route", json={"messages": user("x " * 3000)}).json()
     assert body["model"] == "large" and body["tier"] == "complex" and mock.history == []
     assert body["fallbacks"] == ["medium", "small"]
+
+
+def test_circuit_breaker_cools_down_a_failing_model(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path, MOCK_POOL, **{"upstream.breaker_failures": 2, "upstream.breaker_cooldown_s": 60}
+    )
+    mock = MockUpstream()
+    with TestClient(create_app(settings, build_services(settings, upstream=mock))) as client:
+        for _ in range(2):  # small fails twice (once per request), medium answers as fallback
+            mock.enqueue_error(UpstreamError("small is down"))
+            mock.enqueue("fallback")
+            assert client.post(CHAT, json={"messages": user("hi")}).json()["model"] == "medium"
+        assert client.get("/health").json()["breakers"]["small"]["state"] == "open"
+        calls = len(mock.history)
+        body = client.post(CHAT, json={"messages": user("hi")}).json()
+        assert "small" not in body["routing"]["candidates"] and body["model"] != "small"
+        assert len(mock.history) == calls + 1  # no call was wasted on the open circuit
