@@ -217,7 +217,14 @@ async def predict(request: Request, data: ClassificationRequest, services: Servi
     return await _classify(request, data, services)
 
 
+@get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+async def metrics(services: Services) -> Response:
+    assert services.metrics is not None
+    return Response(content=services.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
 ROUTE_HANDLERS = [
+    metrics,
     chat_completions,
     list_models,
     health,

@@ -23,6 +23,27 @@ from compass.wire import ChatCompletionRequest, last_user_text, messages_as_dict
 from layers.types import ModelSpec, Prompt
 
 log = logging.getLogger("compass.chat")
+request_log = logging.getLogger("compass.requests")
+REQUEST_LOG_FIELDS = (
+    "id",
+    "tenant",
+    "key_id",
+    "stream",
+    "requested_model",
+    "model",
+    "routing_method",
+    "tier",
+    "task_type",
+    "cache_status",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "routing_ms",
+    "upstream_ms",
+    "total_ms",
+    "status",
+    "error",
+)
 _JSON = msgspec.json.Encoder()
 CACHE_MODES = ("default", "no-store", "no-cache", "refresh")
 
@@ -275,8 +296,15 @@ class Exchange:
         }
 
     def record(self) -> None:
-        assert self.services.history is not None
-        self.services.history.record(self.row())
+        """One history row, the metrics, and (when configured) one JSON log line per request."""
+        services = self.services
+        assert services.history is not None
+        row = self.row()
+        services.history.record(row)
+        if services.metrics is not None:
+            services.metrics.observe_exchange(row)
+        if services.settings.server.request_log:
+            request_log.info("request", extra={key: row[key] for key in REQUEST_LOG_FIELDS})
 
     def routing(self) -> dict[str, Any]:
         assert self.decision is not None

@@ -30,6 +30,7 @@ class ServerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     allow_public_without_keys: bool = False
     log_level: str = "info"
     json_logs: bool = False
+    request_log: bool = False  # one log line per request (JSON with json_logs), with the /feedback id
 
 
 class ClassifierSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -119,6 +120,7 @@ ENV_SHORTCUTS: dict[str, tuple[str, ...]] = {
     "COMPASS_CACHE": ("cache", "enabled"),
     "COMPASS_DEMO": ("demo",),
     "COMPASS_LOG_JSON": ("server", "json_logs"),
+    "COMPASS_REQUEST_LOG": ("server", "request_log"),
     "COMPASS_STORE_CONTENT": ("storage", "store_content"),
 }
 

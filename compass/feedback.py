@@ -153,6 +153,8 @@ async def submit_feedback(
         for old in result["replaced"]:
             services.selector.forget(old)
         services.selector.observe(event)
+    if services.metrics is not None:
+        services.metrics.feedback.labels(event.context, event.model).inc()
     evicted = 0
     if reward < NEGATIVE_REWARD and services.cache is not None:
         evicted = await services.cache.evict_request(feedback.id)

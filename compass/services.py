@@ -50,6 +50,7 @@ class Services:
     extras: dict[str, Any] = field(default_factory=dict)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     breakers: Breakers = field(default_factory=Breakers)
+    metrics: Any = None
 
     @property
     def models(self) -> list[ModelSpec]:
@@ -77,6 +78,9 @@ class Services:
     async def start(self) -> None:
         settings = self.settings
         settings.home_path.mkdir(parents=True, exist_ok=True)
+        from compass.metrics import Metrics
+
+        self.metrics = Metrics(self)
         self._start_pool()
         self.db = Database(settings.database_path)
         applied = self.db.open()

@@ -320,3 +320,24 @@ def test_circuit_breaker_cools_down_a_failing_model(tmp_path: Path) -> None:
         body = client.post(CHAT, json={"messages": user("hi")}).json()
         assert "small" not in body["routing"]["candidates"] and body["model"] != "small"
         assert len(mock.history) == calls + 1  # no call was wasted on the open circuit
+
+
+def test_metrics_count_requests_layers_and_cost(gateway: TestClient, mock: MockUpstream) -> None:
+    gateway.post(CHAT, json={"messages": user("hi")})
+    mock.enqueue_error(UpstreamError("down"))
+    mock.enqueue_error(UpstreamError("down"))
+    gateway.post(CHAT, json={"messages": user("hello")})
+    text = gateway.get("/metrics").text
+    assert (
+        'compass_requests_total{cache="off",model="small",status="200",stream="False",tier="simple"} 1.0'
+        in text
+    )
+    assert (
+        'compass_requests_total{cache="off",model="medium",status="200",stream="False",tier="simple"} 1.0'
+        in text
+    )
+    assert 'compass_fallbacks_total{model="medium"} 1.0' in text
+    assert 'compass_upstream_errors_total{model="small",status="502"} 2.0' in text
+    assert 'compass_layer_latency_seconds_count{layer="classify"} 2.0' in text
+    assert 'compass_cost_usd_total{model="small"}' in text
+    assert 'compass_circuit_open{model="small"} 0.0' in text
