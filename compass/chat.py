@@ -83,6 +83,7 @@ class Exchange:
         self.finish_reason: str | None = None
         self.status = 200
         self.error: str | None = None
+        self.recorded = False
 
     # -- routing and cache -------------------------------------------------------------------
 
@@ -295,16 +296,23 @@ class Exchange:
             "demo": self.services.demo,
         }
 
-    def record(self) -> None:
-        """One history row, the metrics, and (when configured) one JSON log line per request."""
+    def record(self) -> asyncio.Future[None] | None:
+        """One history row, the metrics, and (when configured) one JSON log line per request.
+
+        Returns a future that resolves when the row is committed under ``durability: strict``.
+        """
+        if self.recorded:
+            return None
+        self.recorded = True
         services = self.services
         assert services.history is not None
         row = self.row()
-        services.history.record(row)
+        committed = services.history.record(row, durable=services.settings.storage.durability == "strict")
         if services.metrics is not None:
             services.metrics.observe_exchange(row)
         if services.settings.server.request_log:
             request_log.info("request", extra={key: row[key] for key in REQUEST_LOG_FIELDS})
+        return committed
 
     def routing(self) -> dict[str, Any]:
         assert self.decision is not None
@@ -378,7 +386,9 @@ async def complete(services: Services, request: ChatCompletionRequest, caller: C
         exchange.record()
         raise
     body["routing"] = exchange.routing()  # final attempts and cache status
-    exchange.record()
+    committed = exchange.record()
+    if committed is not None:
+        await committed
     return body, exchange.headers()
 
 

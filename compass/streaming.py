@@ -106,6 +106,14 @@ def estimate_usage(exchange: Exchange, completion_text: str) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
+def finish(exchange: Exchange, acc: StreamAccumulator, start: float) -> None:
+    """Copy what the stream produced onto the exchange, for its history row."""
+    exchange.upstream_ms += (time.perf_counter() - start) * 1000
+    exchange.content = acc.message().get("content") or ""
+    exchange.finish_reason = acc.finish_reason
+    exchange.usage = acc.usage or estimate_usage(exchange, exchange.content)
+
+
 def _encode(chunk: dict[str, Any]) -> str:
     return _JSON.encode(chunk).decode()
 
@@ -139,6 +147,10 @@ async def upstream_stream(
             except StopAsyncIteration:
                 chunk = None
         completed = True
+        finish(exchange, acc, start)
+        committed = exchange.record()
+        if committed is not None:
+            await committed  # durability strict: [DONE] only once the row is in the file
         yield DONE
     except CompassError as exc:
         exchange.fail(exc)
@@ -148,15 +160,12 @@ async def upstream_stream(
         exchange.fail(error)
         yield _encode(error.body())
     finally:
-        exchange.upstream_ms += (time.perf_counter() - start) * 1000
-        message = acc.message()
-        exchange.content = message.get("content") or ""
-        exchange.finish_reason = acc.finish_reason
-        exchange.usage = acc.usage or estimate_usage(exchange, exchange.content)
-        if not completed and exchange.status == 200:
-            exchange.status = 499
-            exchange.error = "client disconnected before the stream ended"
-        exchange.record()
+        if not exchange.recorded:
+            finish(exchange, acc, start)
+            if not completed and exchange.status == 200:
+                exchange.status = 499
+                exchange.error = "client disconnected before the stream ended"
+            exchange.record()
         if completed and exchange.status == 200:
             body = acc.completion(exchange.request_id, model_name)
             body["usage"] = exchange.usage
@@ -201,9 +210,12 @@ async def cached_stream(exchange: Exchange, body: dict[str, Any]) -> AsyncIterat
                 chunk["routing"] = routing
             yield _encode(chunk)
         completed = True
+        committed = exchange.record()
+        if committed is not None:
+            await committed
         yield DONE
     finally:
         if not completed:
             exchange.status = 499
             exchange.error = "client disconnected before the stream ended"
-        exchange.record()
+            exchange.record()

@@ -1,10 +1,15 @@
 """The history writer: request rows are queued and inserted in batches by one task.
 
-A request handler never waits on DuckDB. Rows go into an asyncio queue; one writer task drains
-it every ``flush_interval_ms`` (or as soon as ``batch_size`` rows wait) and inserts the batch as
-one Arrow table — one statement per batch, not one per row. ``close()`` drains the queue, so
-after a clean stop every answered request is in the file. After ``kill -9``, what can be lost
-is what was still queued: at most one flush interval of traffic plus the batch being written.
+Rows go into an asyncio queue; one writer task drains it every ``flush_interval_ms`` (or as soon
+as ``batch_size`` rows wait) and inserts the batch as one Arrow table: one statement per batch,
+not one per row. ``close()`` drains the queue, so after a clean stop every answered request is
+in the file.
+
+Crash bound (``kill -9``): with ``storage.durability: batched`` (the default) a handler never
+waits on DuckDB, and what can be lost is what was still queued: the requests answered in the
+last flush interval plus the batch being written. With ``durability: strict`` a response is
+released only after its row is committed (group commit: concurrent requests share one insert),
+so every request that got a 2xx is in the file; it costs up to one flush interval of latency.
 """
 
 from __future__ import annotations
@@ -125,9 +130,14 @@ class HistoryWriter:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="compass-history-writer")
 
-    def record(self, row: dict[str, Any]) -> None:
-        """Queue one request row; returns at once."""
+    def record(self, row: dict[str, Any], durable: bool = False) -> asyncio.Future[None] | None:
+        """Queue one request row. With ``durable``, a future that resolves once it is committed."""
+        future: asyncio.Future[None] | None = None
+        if durable:
+            future = asyncio.get_running_loop().create_future()
+            row["_committed"] = future
         self._queue.put_nowait(row)
+        return future
 
     @property
     def pending(self) -> int:
@@ -153,6 +163,15 @@ class HistoryWriter:
             self._in_flight = 0
 
     async def _write(self, batch: list[dict[str, Any]]) -> None:
+        futures = [row.pop("_committed") for row in batch if "_committed" in row]
+        try:
+            await self._insert(batch)
+        finally:
+            for future in futures:
+                if not future.done():
+                    future.set_result(None)
+
+    async def _insert(self, batch: list[dict[str, Any]]) -> None:
         try:
             await self.db.run(insert_requests, batch)
             self.written += len(batch)
