@@ -121,6 +121,7 @@ ENV_SHORTCUTS: dict[str, tuple[str, ...]] = {
     "COMPASS_CACHE": ("cache", "enabled"),
     "COMPASS_DEMO": ("demo",),
     "COMPASS_LOG_JSON": ("server", "json_logs"),
+    "COMPASS_LOG_LEVEL": ("server", "log_level"),
     "COMPASS_REQUEST_LOG": ("server", "request_log"),
     "COMPASS_STORE_CONTENT": ("storage", "store_content"),
 }

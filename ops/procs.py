@@ -1,4 +1,4 @@
-"""Real servers for end-to-end tests: the gateway as a child process on a free loopback port."""
+"""The gateway as a real child process on a free loopback port, for tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.helpers import free_port
+from ops.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 

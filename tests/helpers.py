@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
 from compass.config import Settings, load_settings
+from ops.ports import free_port  # noqa: F401 - re-exported for tests
 
 MOCK_POOL: list[dict[str, Any]] = [
     {
@@ -47,7 +47,3 @@ def make_settings(home: Path, models: list[dict[str, Any]] | None = None, **over
     return load_settings(None, environ={}, overrides=values)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
