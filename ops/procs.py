@@ -34,11 +34,22 @@ class GatewayProcess:
         self.home.mkdir(parents=True, exist_ok=True)
         config_path = self.home / "compass.yaml"
         config_path.write_text(yaml.safe_dump(self.config), encoding="utf-8")
-        env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("COMPASS")}
+        env = {
+            k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("COMPASS")
+        }
         env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **self.env})
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        log = open(self.log_path, "ab")  # closed in stop()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "compass", "serve", "--config", str(config_path), "--port", str(self.port)],
+            [
+                sys.executable,
+                "-m",
+                "compass",
+                "serve",
+                "--config",
+                str(config_path),
+                "--port",
+                str(self.port),
+            ],
             cwd=REPO,
             env=env,
             stdout=log,

@@ -22,11 +22,21 @@ def upstream() -> Iterator[FakeUpstream]:
 
 
 def pool_for(upstream: FakeUpstream) -> list[dict[str, object]]:
-    prices = {"demo-small": (0.1, 0.4, "simple"), "demo-medium": (1.0, 4.0, "medium"),
-              "demo-large": (10.0, 40.0, "complex")}
+    prices = {
+        "demo-small": (0.1, 0.4, "simple"),
+        "demo-medium": (1.0, 4.0, "medium"),
+        "demo-large": (10.0, 40.0, "complex"),
+    }
     return [
-        {"name": name, "litellm_model": f"openai/{name}", "api_base": upstream.url, "api_key": "k",
-         "input_price_per_mtok": p_in, "output_price_per_mtok": p_out, "tier": tier}
+        {
+            "name": name,
+            "litellm_model": f"openai/{name}",
+            "api_base": upstream.url,
+            "api_key": "k",
+            "input_price_per_mtok": p_in,
+            "output_price_per_mtok": p_out,
+            "tier": tier,
+        }
         for name, (p_in, p_out, tier) in prices.items()
     ]
 
@@ -83,15 +93,31 @@ def test_stream_with_usage(client: openai.OpenAI, gateway: GatewayProcess) -> No
     assert (chunks[0].model_extra or {}).get("routing", {}).get("model") == chunks[0].model
     usage = chunks[-1].usage
     assert usage is not None and usage.completion_tokens > 0 and chunks[-1].choices == []
-    rows = gateway.sql(f"SELECT stream, completion_tokens, response_content FROM requests WHERE id = '{chunks[0].id}'")
+    rows = gateway.sql(
+        f"SELECT stream, completion_tokens, response_content FROM requests WHERE id = '{chunks[0].id}'"
+    )
     assert rows[0][0] is True and rows[0][1] == usage.completion_tokens and rows[0][2] == text
 
 
 def test_tool_calls_pass_through(client: openai.OpenAI) -> None:
-    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather in a city",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}},
+                    "required": ["city"],
+                },
+            },
+        }
+    ]
     messages = [{"role": "user", "content": "What is the weather in Paris?"}]
-    completion = client.chat.completions.create(model="auto", messages=messages, tools=tools, tool_choice="auto")
+    completion = client.chat.completions.create(
+        model="auto", messages=messages, tools=tools, tool_choice="auto"
+    )
     call = completion.choices[0].message.tool_calls[0]
     assert call.function.name == "get_weather" and isinstance(json.loads(call.function.arguments), dict)
     assert completion.choices[0].finish_reason == "tool_calls"
@@ -107,7 +133,9 @@ def test_tool_calls_pass_through(client: openai.OpenAI) -> None:
 
 
 def test_pool_model_and_unknown_model(client: openai.OpenAI) -> None:
-    completion = client.chat.completions.create(model="demo-large", messages=[{"role": "user", "content": "hi"}])
+    completion = client.chat.completions.create(
+        model="demo-large", messages=[{"role": "user", "content": "hi"}]
+    )
     assert completion.model == "demo-large" and routing_of(completion)["method"] == "user_specified"
     with pytest.raises(openai.NotFoundError) as excinfo:
         client.chat.completions.create(model="gpt-99", messages=[{"role": "user", "content": "hi"}])
@@ -118,13 +146,29 @@ def test_openai_parameters_reach_the_upstream(client: openai.OpenAI, upstream: F
     client.chat.completions.create(
         model="demo-medium",
         messages=[{"role": "user", "content": "params"}],
-        temperature=0.3, top_p=0.9, max_tokens=12, stop=["zzz"], seed=11, presence_penalty=0.5,
-        frequency_penalty=0.25, user="end-user-1", response_format={"type": "json_object"}, n=1,
+        temperature=0.3,
+        top_p=0.9,
+        max_tokens=12,
+        stop=["zzz"],
+        seed=11,
+        presence_penalty=0.5,
+        frequency_penalty=0.25,
+        user="end-user-1",
+        response_format={"type": "json_object"},
+        n=1,
     )
     received = upstream.history[-1]
-    for key, value in {"temperature": 0.3, "top_p": 0.9, "max_tokens": 12, "stop": ["zzz"], "seed": 11,
-                       "presence_penalty": 0.5, "frequency_penalty": 0.25, "user": "end-user-1",
-                       "response_format": {"type": "json_object"}}.items():
+    for key, value in {
+        "temperature": 0.3,
+        "top_p": 0.9,
+        "max_tokens": 12,
+        "stop": ["zzz"],
+        "seed": 11,
+        "presence_penalty": 0.5,
+        "frequency_penalty": 0.25,
+        "user": "end-user-1",
+        "response_format": {"type": "json_object"},
+    }.items():
         assert received[key] == value, key
 
 
@@ -133,18 +177,23 @@ def test_bad_requests_are_openai_errors(client: openai.OpenAI, gateway: GatewayP
         client.chat.completions.create(model="auto", messages=[], temperature=0.5)
     assert excinfo.value.body["param"] == "messages"  # type: ignore[index]
     with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "x"}], temperature=7)
+        client.chat.completions.create(
+            model="auto", messages=[{"role": "user", "content": "x"}], temperature=7
+        )
     for body in (b"{oops", b'{"messages": [{"role": "user"}], "n": "two"}', b"\xff\xfe"):
-        response = httpx.post(f"{gateway.url}/v1/chat/completions", content=body,
-                              headers={"content-type": "application/json"})
+        response = httpx.post(
+            f"{gateway.url}/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+        )
         assert response.status_code == 400 and set(response.json()["error"]) >= {"message", "type", "code"}
 
 
 def test_stats_match_the_rows(gateway: GatewayProcess) -> None:
     stats = httpx.get(f"{gateway.url}/stats").json()
-    (count, cost), = gateway.sql("SELECT count(*), coalesce(sum(cost_usd), 0) FROM requests")
+    ((count, cost),) = gateway.sql("SELECT count(*), coalesce(sum(cost_usd), 0) FROM requests")
     assert stats["total_calls"] == count and stats["total_cost_usd"] == pytest.approx(cost)
-    per_model = {m: n for m, n in gateway.sql("SELECT coalesce(model, 'none'), count(*) FROM requests GROUP BY 1")}
+    per_model = {
+        m: n for m, n in gateway.sql("SELECT coalesce(model, 'none'), count(*) FROM requests GROUP BY 1")
+    }
     assert {k: v["calls"] for k, v in stats["by_model"].items()} == per_model
 
 
@@ -155,7 +204,9 @@ def test_demo_mode_without_keys(tmp_path: Path) -> None:
         models = client.models.list().data
         demo = [m for m in models if (m.model_extra or {}).get("compass", {}).get("demo")]
         assert {m.id for m in demo} >= {"demo-small", "demo-medium", "demo-large"}
-        completion = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}])
+        completion = client.chat.completions.create(
+            model="auto", messages=[{"role": "user", "content": "hi"}]
+        )
         assert routing_of(completion)["demo"] is True and completion.choices[0].message.content
         assert httpx.get(f"{gateway.url}/health").json()["demo"] is True
     assert "DEMO MODE" in gateway.log()

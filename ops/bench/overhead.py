@@ -1,0 +1,144 @@
+"""Gateway overhead over calling the fake upstream directly, measured side by side in one run.
+
+    python -m ops.bench.overhead [--requests 400] [--concurrency 1 32] [--quick]
+
+The fake upstream and each gateway run as separate processes on loopback; the load client is
+aiohttp. For every concurrency the same request mix goes (a) straight to the fake upstream and
+(b) through the gateway with model "auto", so overhead = (b) - (a) on the same machine, same
+minute. Gateway variants: Layer 1 off (the length rule) and cache off — the figure the ≤ 3 ms
+target is about — then the default MiniLM classifier, then MiniLM plus the semantic cache
+(every prompt unique, so each request pays a lookup and a store).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ops.bench.common import load, print_table, write_json
+from ops.fake_upstream import FakeModelBehaviour, FakeUpstreamConfig, spawn_fake_upstream
+from ops.procs import GatewayProcess
+
+MODELS = {
+    "demo-small": ("simple", 0.1, 0.4),
+    "demo-medium": ("medium", 1.0, 4.0),
+    "demo-large": ("complex", 10, 40),
+}
+VARIANTS: dict[str, dict[str, Any]] = {
+    "gateway, layer 1 off, cache off": {"classifier": {"backend": "length"}, "cache": {"enabled": False}},
+    "gateway, MiniLM layer 1, cache off": {
+        "classifier": {"backend": "embedding"},
+        "cache": {"enabled": False},
+    },
+    "gateway, MiniLM layer 1 + cache": {"classifier": {"backend": "embedding"}, "cache": {"enabled": True}},
+}
+
+
+def body(i: int, model: str) -> dict[str, Any]:
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": f"Question {i}: what is {i} plus {i}?"}],
+        "max_tokens": 16,
+    }
+
+
+async def measure(url: str, model: str, concurrency: int, requests: int, stream: bool) -> dict[str, float]:
+    warm = max(20, concurrency * 2)
+    await load(url, lambda i: body(10_000_000 + i, model), concurrency, warm, stream=stream)
+    return await load(url, lambda i: body(i, model), concurrency, requests, stream=stream)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--requests", type=int, default=400, help="requests per cell (x10 at concurrency >= 8)"
+    )
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--stream", action="store_true", help="also measure streaming requests")
+    parser.add_argument("--quick", action="store_true", help="only the layer-1-off variant")
+    args = parser.parse_args()
+    behaviour = FakeModelBehaviour(latency_ms=0.0, tokens_per_s=0.0)
+    fake = spawn_fake_upstream(FakeUpstreamConfig(models={name: behaviour for name in MODELS}), port=0)
+    pool = [
+        {
+            "name": name,
+            "litellm_model": f"openai/{name}",
+            "api_base": fake.url,
+            "api_key": "k",
+            "tier": tier,
+            "input_price_per_mtok": p_in,
+            "output_price_per_mtok": p_out,
+        }
+        for name, (tier, p_in, p_out) in MODELS.items()
+    ]
+    variants = dict(list(VARIANTS.items())[:1]) if args.quick else VARIANTS
+    modes = [False, True] if args.stream else [False]
+    results: list[dict[str, Any]] = []
+    try:
+        for name, overrides in variants.items():
+            with tempfile.TemporaryDirectory() as home:
+                config = {"models": pool, "storage": {"flush_interval_ms": 20}, **overrides}
+                with GatewayProcess(Path(home), config, env={"COMPASS_LOG_LEVEL": "warning"}) as gateway:
+                    for stream in modes:
+                        for concurrency in args.concurrency:
+                            n = args.requests * (10 if concurrency >= 8 else 1)
+                            direct = asyncio.run(
+                                measure(f"{fake.url}/chat/completions", "demo-small", concurrency, n, stream)
+                            )
+                            routed = asyncio.run(
+                                measure(f"{gateway.url}/v1/chat/completions", "auto", concurrency, n, stream)
+                            )
+                            results.append(
+                                {
+                                    "variant": name,
+                                    "stream": stream,
+                                    "concurrency": concurrency,
+                                    "direct": direct,
+                                    "gateway": routed,
+                                }
+                            )
+    finally:
+        fake.terminate()
+    rows = [
+        [
+            r["variant"],
+            "yes" if r["stream"] else "no",
+            r["concurrency"],
+            r["direct"]["p50_ms"],
+            r["gateway"]["p50_ms"],
+            r["gateway"]["p50_ms"] - r["direct"]["p50_ms"],
+            r["direct"]["p99_ms"],
+            r["gateway"]["p99_ms"],
+            r["direct"]["rps"],
+            r["gateway"]["rps"],
+            r["gateway"]["errors"],
+        ]
+        for r in results
+    ]
+    print_table(
+        "Gateway overhead over the fake upstream (ms; rps = requests/s)",
+        [
+            "variant",
+            "stream",
+            "conc",
+            "direct p50",
+            "gateway p50",
+            "overhead p50",
+            "direct p99",
+            "gateway p99",
+            "direct rps",
+            "gateway rps",
+            "errors",
+        ],
+        rows,
+    )
+    print("results:", write_json("overhead", {"results": results}))
+
+
+if __name__ == "__main__":
+    main()
