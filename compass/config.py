@@ -41,7 +41,7 @@ class ClassifierSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tru
 
 
 class SelectorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    backend: str = "static"
+    backend: str = "thompson"
     options: dict[str, Any] = {}
     default_cost_weight: float | None = None
 

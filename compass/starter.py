@@ -45,7 +45,7 @@ classifier:                  # Layer 1
   options: {}
 
 selector:                    # Layer 2
-  backend: static            # static (tier map) | thompson (learns from POST /feedback)
+  backend: thompson          # thompson (learns from POST /feedback) | static (tier map)
   options: {}
 
 cache:                       # Layer 3

@@ -37,6 +37,7 @@ def make_settings(home: Path, models: list[dict[str, Any]] | None = None, **over
     values: dict[str, Any] = {
         "home": str(home),
         "classifier.backend": "length",
+        "selector.backend": "static",  # deterministic; Thompson has its own tests
         "cache.enabled": False,
         "storage.flush_interval_ms": 5,
         "upstream.max_retries": 0,
