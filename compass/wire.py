@@ -79,6 +79,23 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     safety_identifier: str | UnsetType | None = UNSET
     compass: CompassOptions | UnsetType = UNSET
 
+    def __post_init__(self) -> None:
+        """Checks the declared types cannot express; msgspec turns the ValueError into a 400."""
+        for index, tool in enumerate(self.tools or []):
+            kind = tool.get("type")
+            if not isinstance(kind, str):
+                raise ValueError(f"tools[{index}].type is required")
+            function = tool.get(kind) if kind in ("function", "custom") else None
+            if kind in ("function", "custom") and not (
+                isinstance(function, dict) and isinstance(function.get("name"), str) and function["name"]
+            ):
+                raise ValueError(f"tools[{index}].{kind}.name is required")
+        for index, message in enumerate(self.messages):
+            if isinstance(message.content, list):
+                for part in message.content:
+                    if not isinstance(part.get("type"), str):
+                        raise ValueError(f"messages[{index}].content parts need a 'type'")
+
     @property
     def wants_stream(self) -> bool:
         return bool(self.stream) if self.stream is not UNSET else False

@@ -187,6 +187,34 @@ def test_bad_requests_are_openai_errors(client: openai.OpenAI, gateway: GatewayP
         assert response.status_code == 400 and set(response.json()["error"]) >= {"message", "type", "code"}
 
 
+MALFORMED_BODIES: list[bytes] = [
+    b"{oops",
+    b"\xff\xfe",
+    b"[]",
+    b"null",
+    b"{}",
+    b'{"messages": "hello"}',
+    b'{"messages": [{"role": "user"}], "n": "two"}',
+    b'{"messages": [{"role": "wizard", "content": "hi"}]}',
+    b'{"messages": [{"role": "user", "content": 42}]}',
+    b'{"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}',
+    b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": -5}',
+    b'{"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}',
+    b'{"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}',
+    b'{"messages": [{"role": "user", "content": "hi"}], "compass": {"cost_weight": "max"}}',
+]
+
+
+@pytest.mark.parametrize("body", MALFORMED_BODIES, ids=range(len(MALFORMED_BODIES)))
+def test_malformed_bodies_get_openai_4xx(gateway: GatewayProcess, body: bytes) -> None:
+    response = httpx.post(
+        f"{gateway.url}/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+    )
+    assert 400 <= response.status_code < 500, response.text
+    error = response.json()["error"]
+    assert {"message", "type", "code"} <= set(error) and error["message"]
+
+
 def test_stats_match_the_rows(gateway: GatewayProcess) -> None:
     stats = httpx.get(f"{gateway.url}/stats").json()
     ((count, cost),) = gateway.sql("SELECT count(*), coalesce(sum(cost_usd), 0) FROM requests")
