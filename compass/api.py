@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Annotated, Any
 
@@ -25,6 +26,8 @@ from compass.wire import (
     last_user_text,
     messages_as_dicts,
 )
+
+log = logging.getLogger(__name__)
 
 _JSON = msgspec.json.Encoder()
 
@@ -194,8 +197,14 @@ async def _classify(request: Request, data: ClassificationRequest, services: Ser
     """
     caller_for(request, services, rate_limited=True)
     texts = [data.inputs] if isinstance(data.inputs, str) else list(data.inputs)
-    assert services.classifier is not None
-    results = await services.classifier.classify_texts(texts)
+    assert services.classifier is not None and services.fallback_classifier is not None
+    try:  # as in routing: Layer 1 failing never fails the request; ``method`` says what happened
+        results = await services.classifier.classify_texts(texts)
+    except Exception as exc:
+        log.warning("classifier %s failed on /v1/classifications: %s", services.classifier.name, exc)
+        results = await services.fallback_classifier.classify_texts(texts)
+        for result in results:
+            result.method = "fallback:error"
     out = []
     for result in results:
         labels: list[dict[str, Any]] = [
