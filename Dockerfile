@@ -25,6 +25,7 @@ COPY pyproject.toml README.md ./
 COPY compass ./compass
 COPY layers ./layers
 COPY ops ./ops
+COPY data/classifier ./data/classifier
 RUN pip install . && if [ -n "${FETCH_MODELS}" ]; then COMPASS_ONLINE=1 compass download-models ${FETCH_MODELS}; fi
 
 USER compass
