@@ -1,5 +1,5 @@
 # LLM Compass — CPU image. GPU: docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu124 .
-# Optional NVIDIA classifier weights at build time: --build-arg FETCH_MODELS=nvidia (needs network).
+# Optional Layer 1 weights at build time (needs network): --build-arg FETCH_MODELS=nvidia | routellm | all.
 FROM python:3.11-slim AS base
 
 ARG TORCH_VERSION=2.13.0
@@ -26,7 +26,13 @@ COPY compass ./compass
 COPY layers ./layers
 COPY ops ./ops
 COPY data/classifier ./data/classifier
-RUN pip install . && if [ -n "${FETCH_MODELS}" ]; then COMPASS_ONLINE=1 compass download-models ${FETCH_MODELS}; fi
+RUN pip install . && case "${FETCH_MODELS}" in \
+      "") ;; \
+      nvidia) compass download-models --no-routellm ;; \
+      routellm) compass download-models --no-nvidia ;; \
+      all) compass download-models ;; \
+      *) echo "FETCH_MODELS must be nvidia, routellm or all" >&2; exit 1 ;; \
+    esac
 
 USER compass
 VOLUME ["/data"]

@@ -140,17 +140,31 @@ class Services:
             await classifier.start()
         except Exception as exc:
             self.problems["classifier"] = f"{type(exc).__name__}: {exc}"
+            substitute = await self._offline_default_classifier(cfg.backend)
             log.error(
-                "classifier backend %r could not start: %s — falling back to %r. "
+                "classifier backend %r could not start: %s — using %r instead. "
                 "If weights are missing, fetch them with `compass download-models`.",
                 cfg.backend,
                 exc,
-                cfg.fallback,
+                substitute.name,
             )
-            self.classifier = self.fallback_classifier
+            self.classifier = substitute
             return
         self.classifier = classifier
         log.info("layer 1: classifier %r (fallback %r)", cfg.backend, cfg.fallback)
+
+    async def _offline_default_classifier(self, failed: str) -> Classifier:
+        """The bundled MiniLM classifier stands in for a backend that could not start, else the fallback."""
+        assert self.fallback_classifier is not None
+        if failed in EMBEDDING_CLASSIFIERS or self.embedder is None:
+            return self.fallback_classifier
+        try:
+            substitute = build_classifier("embedding", {}, embedder=self.embedder)
+            await substitute.start()
+        except Exception as exc:
+            log.error("the embedding classifier could not start either: %s", exc)
+            return self.fallback_classifier
+        return substitute
 
     async def _start_selector(self) -> None:
         cfg = self.settings.selector

@@ -46,7 +46,7 @@ def available() -> dict[str, str]:
 @click.argument("name", required=False)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def bench_command(name: str | None, args: tuple[str, ...]) -> None:
-    """Run the benchmark NAME with ARGS (`compass bench NAME -- --help` for its options); no NAME lists them."""
+    """Run the benchmark NAME with ARGS (`compass bench NAME -- --help` for options); no NAME lists them."""
     benches = available()
     if name is None:
         from rich.console import Console

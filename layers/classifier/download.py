@@ -1,0 +1,280 @@
+"""Where Layer 1's weights come from: ``resolve_model_dir`` and ``compass download-models``.
+
+The gateway never waits on the network at start-up: a backend asks :func:`resolve_model_dir`,
+which looks at a local directory, then the Hugging Face cache, and downloads only when allowed
+(``allow_download=True``, or by default when ``HF_HUB_OFFLINE`` is not set). When the weights are
+nowhere, the error names the repository, the files that are missing and the command that fetches
+them, and the gateway falls back to its fallback classifier.
+
+``compass download-models`` is that command: online it downloads into the Hugging Face cache (or
+``--dir``) with a progress bar; offline, or with ``--check``, it reports what is present and exits
+non-zero when something needed is missing. Running it is the user's opt-in to the network, so it
+ignores the offline default that ``compass`` sets for everything else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+NVIDIA_REPO = "nvidia/prompt-task-and-complexity-classifier"
+ROUTELLM_REPO = "routellm/bert_gpt4_augmented"
+# Skipped when downloading: other frameworks' copies of the same weights.
+IGNORE_PATTERNS = ["*.msgpack", "*.h5", "*.ot", "*.onnx", "onnx/*", "flax_model*", "tf_model*", "rust_model*"]
+TRUE = ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """A repository and the files a backend needs from it; each entry lists acceptable alternatives."""
+
+    key: str
+    repo_id: str
+    required: tuple[tuple[str, ...], ...]
+    used_by: str
+
+
+KNOWN_MODELS: dict[str, ModelFiles] = {
+    "nvidia": ModelFiles(
+        "nvidia",
+        NVIDIA_REPO,
+        (("config.json",), ("model.safetensors",), ("tokenizer.json", "spm.model")),
+        "classifier backend nvidia",
+    ),
+    "routellm": ModelFiles(
+        "routellm",
+        ROUTELLM_REPO,
+        (("config.json",), ("model.safetensors", "pytorch_model.bin"), ("tokenizer.json", "vocab.txt")),
+        "classifier backend routellm_bert",
+    ),
+}
+
+
+class ModelNotAvailable(FileNotFoundError):
+    """The weights are neither in a local directory nor in the cache, and downloading is off."""
+
+
+def offline_mode() -> bool:
+    """What the user (or ``compass``'s offline default) asked of the Hugging Face libraries."""
+    return any(
+        os.environ.get(name, "").lower() in TRUE for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def required_files(repo_id: str) -> tuple[tuple[str, ...], ...]:
+    for spec in KNOWN_MODELS.values():
+        if spec.repo_id == repo_id:
+            return spec.required
+    return (("config.json",),)
+
+
+def missing_files(folder: Path, required: Sequence[Sequence[str]]) -> list[str]:
+    """Each required entry with none of its alternatives in ``folder`` (as 'a|b')."""
+    return ["|".join(alts) for alts in required if not any((folder / name).is_file() for name in alts)]
+
+
+def cached_snapshot(
+    repo_id: str, cache_dir: str | Path | None = None, revision: str | None = None
+) -> Path | None:
+    """The repository's snapshot folder in the Hugging Face cache, without the network."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True))
+    except Exception:  # LocalEntryNotFoundError and friends: not cached
+        return None
+
+
+@contextlib.contextmanager
+def hub_online() -> Iterator[None]:
+    """Let ``huggingface_hub`` use the network here although ``HF_HUB_OFFLINE`` is set.
+
+    ``huggingface_hub`` reads the variable once, at import, into ``constants.HF_HUB_OFFLINE``.
+    """
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = False
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
+def download(
+    repo_id: str,
+    *,
+    cache_dir: str | Path | None = None,
+    local_dir: str | Path | None = None,
+    revision: str | None = None,
+) -> Path:
+    """Fetch the repository (progress bars on stderr) and return its folder."""
+    from huggingface_hub import snapshot_download
+
+    with hub_online():
+        return Path(
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                cache_dir=cache_dir,
+                local_dir=local_dir,
+                ignore_patterns=IGNORE_PATTERNS,
+            )
+        )
+
+
+def _not_available(repo_id: str, where: str, missing: list[str]) -> ModelNotAvailable:
+    what = f"missing {', '.join(missing)}" if missing else "not downloaded"
+    return ModelNotAvailable(
+        f"weights for {repo_id} are not available ({where}: {what}). Fetch them with "
+        f"`compass download-models` (needs network), or point the backend's `path` option at a "
+        "directory holding the checkpoint"
+    )
+
+
+def resolve_model_dir(
+    repo_id: str,
+    local_dir: str | Path | None = None,
+    *,
+    allow_download: bool | None = None,
+    cache_dir: str | Path | None = None,
+    revision: str | None = None,
+    required: Sequence[Sequence[str]] | None = None,
+) -> Path:
+    """A directory holding ``repo_id``'s files: ``local_dir``, ``repo_id`` itself when it is a
+    directory, the Hugging Face cache, or (when ``allow_download``, default: not offline) a fresh
+    download. Raises :class:`ModelNotAvailable` saying what is missing and how to get it.
+    """
+    needed = list(required) if required is not None else list(required_files(repo_id))
+    is_path = Path(repo_id).expanduser().is_dir() or repo_id.startswith(("/", "./", "../", "~"))
+    for candidate in (local_dir, repo_id if is_path else None):
+        if candidate is None:
+            continue
+        folder = Path(candidate).expanduser()
+        if not folder.is_dir():
+            raise _not_available(repo_id, f"{folder} is not a directory", [])
+        missing = missing_files(folder, needed)
+        if missing:
+            raise _not_available(repo_id, str(folder), missing)
+        return folder
+    snapshot = cached_snapshot(repo_id, cache_dir, revision)
+    missing = missing_files(snapshot, needed) if snapshot is not None else []
+    if snapshot is not None and not missing:
+        return snapshot
+    if allow_download is None:
+        allow_download = not offline_mode()
+    if allow_download:
+        try:
+            folder = download(repo_id, cache_dir=cache_dir, revision=revision)
+        except Exception as exc:  # no network, unknown repo, disk full
+            reason = f"download failed: {type(exc).__name__}: {str(exc)[:200]}"
+            raise _not_available(repo_id, reason, missing) from exc
+        still = missing_files(folder, needed)
+        if still:
+            raise _not_available(repo_id, f"downloaded to {folder}", still)
+        return folder
+    where = (
+        f"Hugging Face cache {snapshot}"
+        if snapshot is not None
+        else "not in a local directory or the Hugging Face cache"
+    )
+    raise _not_available(repo_id, where, missing)
+
+
+def _local_target(base: Path, repo_id: str) -> Path:
+    return base / repo_id.replace("/", "--")
+
+
+def inspect_model(spec: ModelFiles, base_dir: Path | None, cache_dir: str | None) -> dict[str, Any]:
+    """What is present for one model, without the network."""
+    folder = (
+        _local_target(base_dir, spec.repo_id)
+        if base_dir is not None
+        else cached_snapshot(spec.repo_id, cache_dir)
+    )
+    present = folder is not None and folder.is_dir()
+    missing = (
+        missing_files(folder, spec.required) if present and folder else ["|".join(a) for a in spec.required]
+    )
+    files = sorted(p.name for p in folder.iterdir() if p.is_file()) if present and folder else []
+    return {
+        "model": spec.key,
+        "repo": spec.repo_id,
+        "used_by": spec.used_by,
+        "location": str(folder) if present else None,
+        "files": files,
+        "missing": missing,
+        "ok": present and not missing,
+    }
+
+
+def _print_table(rows: list[dict[str, Any]], notes: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Layer 1 model weights")
+    for column in ("model", "repository", "status", "location", "missing"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        status = "[green]ok[/green]" if row["ok"] else "[red]MISSING[/red]"
+        if row.get("downloaded"):
+            status += " (downloaded)"
+        table.add_row(
+            row["model"], row["repo"], status, row["location"] or "-", ", ".join(row["missing"]) or "-"
+        )
+    console = Console()
+    console.print(table)
+    for note in notes:
+        console.print(note)
+
+
+@click.command("download-models")
+@click.option("--nvidia/--no-nvidia", default=True, show_default=True, help=f"{NVIDIA_REPO}")
+@click.option("--routellm/--no-routellm", default=True, show_default=True, help=f"{ROUTELLM_REPO}")
+@click.option(
+    "--dir",
+    "target_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Put each repository in DIR/<owner>--<name> (then set the backend's `path`), not the HF cache.",
+)
+@click.option(
+    "--cache-dir", type=click.Path(file_okay=False), default=None, help="Hugging Face cache to use."
+)
+@click.option("--check", is_flag=True, help="Only report what is present; never use the network.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def download_models_command(
+    nvidia: bool, routellm: bool, target_dir: str | None, cache_dir: str | None, check: bool, as_json: bool
+) -> None:
+    """Fetch Layer 1's weights when online; offline (or --check), report what is present."""
+    specs = [KNOWN_MODELS[k] for k, wanted in (("nvidia", nvidia), ("routellm", routellm)) if wanted]
+    base = Path(target_dir).expanduser() if target_dir else None
+    notes: list[str] = []
+    downloaded: set[str] = set()
+    if not check:
+        for spec in specs:
+            local = _local_target(base, spec.repo_id) if base is not None else None
+            try:
+                download(spec.repo_id, cache_dir=cache_dir, local_dir=local)
+                downloaded.add(spec.key)
+            except Exception as exc:  # offline, unknown repo, disk full: report and carry on
+                message = " ".join(str(exc).split())[:160]
+                notes.append(f"{spec.repo_id}: download failed ({type(exc).__name__}: {message})")
+        if specs and not downloaded:
+            notes.append("nothing was downloaded (offline or Hub unreachable); the table shows what is here")
+    rows = [inspect_model(spec, base, cache_dir) | {"downloaded": spec.key in downloaded} for spec in specs]
+    if base is not None and any(r["ok"] for r in rows):
+        notes.append("set the backend's `path` option (classifier.options.path) to the location shown")
+    if as_json:
+        click.echo(json.dumps({"models": rows, "notes": notes, "checked_only": check}, indent=2))
+    else:
+        _print_table(rows, notes)
+    if not all(r["ok"] for r in rows):
+        raise SystemExit(1)

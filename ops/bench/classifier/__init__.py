@@ -1,0 +1,1 @@
+"""Layer 1 classifier benchmarks (``python -m ops.bench.classifier.<backend>``)."""
