@@ -150,7 +150,10 @@ async def stats(request: Request, services: Services) -> dict[str, Any]:
     caller = caller_for(request, services)
     assert services.db is not None
     await services.settle()
-    return await services.db.run(summary, caller.tenant_scope)
+    result = await services.db.run(summary, caller.tenant_scope)
+    if services.cache is not None:  # the cache's own counters: refusals, evictions, savings, entries
+        result["cache"]["layer"] = services.cache.stats(tenant=caller.tenant_scope)
+    return result
 
 
 @get("/stats/raw", summary="This tenant's request rows, newest first")

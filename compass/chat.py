@@ -152,6 +152,7 @@ class Exchange:
                 model=self.model.name,
                 capability=self.model.capability,
                 request_id=self.request_id,
+                cost_usd=self.cost() if self.usage else None,
             )
         except Exception:  # a cache write failure must not fail the request
             log.exception("cache store failed for %s", self.request_id)

@@ -116,7 +116,11 @@ def rewards_table(con: duckdb.DuckDBPyConnection) -> None:
 
 @migration
 def cache_entries_table(con: duckdb.DuckDBPyConnection) -> None:
-    """Layer 3's entries; vectors are kept here too, so the FAISS index can always be rebuilt."""
+    """Layer 3's entries and counters; vectors are kept here too, so the FAISS index can always be rebuilt.
+
+    The cache keeps its lookup metadata in memory and reads ``response`` by primary key on a hit,
+    so no secondary index is needed (and none slows the frequent ``last_hit_at`` updates).
+    """
     con.execute(
         """
         CREATE TABLE cache_entries (
@@ -126,7 +130,7 @@ def cache_entries_table(con: duckdb.DuckDBPyConnection) -> None:
             scope VARCHAR NOT NULL,
             exact_hash VARCHAR NOT NULL,
             query VARCHAR NOT NULL,
-            embedding FLOAT[],
+            embedding FLOAT[] NOT NULL,
             response JSON NOT NULL,
             model VARCHAR NOT NULL,
             capability DOUBLE NOT NULL,
@@ -140,7 +144,12 @@ def cache_entries_table(con: duckdb.DuckDBPyConnection) -> None:
         )
         """
     )
-    con.execute("CREATE INDEX cache_exact ON cache_entries (exact_hash)")
+    # Counters per tenant (hits by tier, tokens and dollars saved, evictions); tenant '' holds
+    # the cache's own bookkeeping (the next vector id, never reused across restarts).
+    con.execute(
+        "CREATE TABLE cache_stats (tenant VARCHAR NOT NULL, name VARCHAR NOT NULL, value DOUBLE NOT NULL,"
+        " PRIMARY KEY (tenant, name))"
+    )
 
 
 @migration

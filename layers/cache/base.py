@@ -59,14 +59,24 @@ class ResponseCache(abc.ABC):
         model: str,
         capability: float,
         request_id: str,
+        cost_usd: float | None = None,
     ) -> str | None:
-        """Store a complete, successful answer; returns the entry id (None if refused)."""
+        """Store a complete, successful answer; returns the entry id (None if refused).
+
+        ``cost_usd`` is what producing the answer cost (for the "dollars saved" counter); when
+        omitted the cache reads it from the producing request's history row on the first hit.
+        """
 
     async def evict_request(self, request_id: str) -> int:
         """Evict entries produced by or served for ``request_id`` (negative feedback)."""
         return 0
 
-    def stats(self) -> dict[str, Any]:
+    async def evict_entry(self, entry_id: str) -> int:
+        """Evict one entry by id (the entry a request was served from)."""
+        return 0
+
+    def stats(self, tenant: str | None = None) -> dict[str, Any]:
+        """Counters and sizes; ``tenant`` restricts them to one tenant's entries and lookups."""
         return {"backend": self.name}
 
 
@@ -94,6 +104,46 @@ class VectorIndex(abc.ABC):
     @abc.abstractmethod
     def __len__(self) -> int: ...
 
+    # Optional, used by SemanticCache to check a reloaded index, to search inside one scope and
+    # to compact tombstones in a worker thread.
+    dim: int = 0
+    tombstones: int = 0
+
+    def needs_compaction(self) -> bool:
+        return False
+
+    def live_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, vectors)`` of every live entry (a snapshot for ``rebuilt``)."""
+        ids = self.ids()
+        return ids, self.reconstruct(ids)
+
+    def rebuilt(self, ids: np.ndarray, vectors: np.ndarray) -> VectorIndex:
+        """A new index of the same kind holding exactly ``ids``; must not touch ``self``'s state."""
+        raise NotImplementedError
+
+    def memory_bytes(self) -> int:
+        return 0
+
+    def ids(self) -> np.ndarray:
+        """Every live id (to compare a reloaded index with the entries in storage)."""
+        raise NotImplementedError
+
+    def reconstruct(self, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of ``ids`` (shape ``(len(ids), dim)``)."""
+        raise NotImplementedError
+
+    def search_subset(self, vector: np.ndarray, k: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact search restricted to ``ids`` (a small scope inside a large shared index)."""
+        import numpy as np
+
+        keys = np.asarray(ids, dtype=np.int64).reshape(-1)
+        scores = self.reconstruct(keys) @ np.asarray(vector, dtype=np.float32).reshape(-1)
+        if k < len(keys):
+            top = np.argpartition(-scores, k)[:k]
+            keys, scores = keys[top], scores[top]
+        order = np.argsort(-scores, kind="stable")
+        return keys[order], scores[order].astype(np.float32)
+
 
 CACHE_CLS: dict[str, str] = {
     "semantic": "layers.cache.semantic:SemanticCache",
@@ -105,6 +155,13 @@ INDEX_CLS: dict[str, str] = {
 }
 
 
+def build_index(name: str, dim: int, **options: Any) -> VectorIndex:
+    """A vector index by registry name (``flat``, ``hnsw``) with its options."""
+    cls = resolve(INDEX_CLS, name, "vector index")
+    return cls(dim, **options)
+
+
 def build_cache(name: str, options: dict[str, Any], **services: Any) -> ResponseCache:
+    """A cache backend by registry name; ``services`` are the gateway's (``db``, ``embedder``)."""
     cls = resolve(CACHE_CLS, name, "cache backend")
     return cls(options, **services)

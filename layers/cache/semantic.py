@@ -1,0 +1,466 @@
+"""``SemanticCache``: Layer 3, an exact tier and a FAISS semantic tier over DuckDB-persisted entries.
+
+Lookup (``CacheKey`` from ``layers.cache.keys``):
+
+1. exact tier: an entry with the same ``exact`` hash (same tenant, same context, same
+   whitespace-normalised last user turn);
+2. semantic tier: inside the same ``scope`` (tenant, system prompt, earlier turns, tools,
+   response_format, ... all equal), the entries whose last user turn's MiniLM embedding has a
+   cosine similarity ``>= threshold`` with this one, best first, each checked by the near-miss
+   guard (``layers.cache.guard``: numbers, negation, named entities must agree).
+
+Either tier serves an entry only if it is younger than ``ttl_s`` and was produced by a model at
+least as capable as the one the router chose (``min_capability``).
+
+Persistence: every entry (embedding included) is a row of ``cache_entries``; the FAISS index is
+saved to ``index_path`` every ``save_interval_s`` and on close. At start the file is used if every
+stored entry is in it and a sample of its vectors equals the stored ones; otherwise the index is
+rebuilt from the table, so a crash or a deleted/stale file never loses an entry.
+
+Concurrency: everything in memory (entry maps, the index) is read and mutated on the event loop
+thread only; writers additionally take one ``asyncio.Lock`` so that a DuckDB write and the
+in-memory mutation it belongs to happen as one step. Compacting tombstones (an HNSW rebuild) runs
+in a worker thread on a snapshot while lookups keep using the old index; the writes made
+meanwhile are replayed onto the new index before the swap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import msgspec
+
+from layers.cache import store
+from layers.cache.base import CacheHit, CacheKey, ResponseCache, VectorIndex
+from layers.cache.counters import CacheCounters
+from layers.cache.entries import Entries, Entry
+from layers.cache.guard import near_miss
+from layers.cache.index import single_threaded_here
+from layers.cache.keys import normalise_text
+from layers.cache.live import LiveIndex
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from layers.types import Prompt
+
+log = logging.getLogger("compass.cache")
+
+# Chosen on GPTCache's QQP pairs (ops/bench/cache/threshold.py, docs/cache/threshold.png): the
+# lowest threshold whose false-hit rate (share of non-duplicate pairs that would be served) stays
+# <= 1 % with the guard on: 0.93 % on 12,533 hard negatives, keeping 15.5 % of the duplicates.
+DEFAULT_THRESHOLD = 0.96
+
+DEFAULTS: dict[str, Any] = {
+    "threshold": DEFAULT_THRESHOLD,  # cosine similarity for a semantic hit
+    "guard": True,  # refuse semantic hits that differ in numbers, negation or named entities
+    "semantic": True,  # false: exact tier only
+    "index": "hnsw",  # "hnsw" (approximate, ~0.3 ms at 100k) or "flat" (exact, ~14 ms at 100k)
+    "index_options": {},  # e.g. {"hnsw_m": 32, "ef_search": 64}
+    "index_path": None,  # the FAISS file; None keeps the index in memory (rebuilt at start)
+    "ttl_s": 7 * 86400,  # entries older than this are never served (0: no expiry)
+    "max_entries": 100_000,  # least recently used entries are evicted beyond this
+    "top_k": 8,  # semantic candidates above the threshold checked per lookup
+    "semantic_max_chars": 1000,  # longer turns: exact tier only (MiniLM reads ~256 word pieces)
+    "subset_max": 2048,  # scopes up to this size are searched exactly among their own vectors
+    "store_finish_reasons": ["stop", "tool_calls", "function_call"],
+    "save_interval_s": 300,  # how often a changed index is written to index_path
+    "sweep_interval_s": 60,  # how often a store also evicts expired entries
+    "dim": None,  # embedding dimension; default: the embedder's
+    "embed_wait_ms": 500,  # a lookup waits this long for the query embedding, then is a miss
+    "single_threaded_search": True,  # no OpenMP fan-out for one query (see index.single_threaded_here)
+    # The sampling policy, read by the gateway through ``layers.cache.keys.is_cacheable``.
+    "max_temperature": 0.3,
+    "cache_unset_temperature": True,  # no temperature in the request: cacheable
+    "cache_all": False,
+}
+CAPABILITY_EPS = 1e-9
+MAX_GLOBAL_K = 1024  # candidates fetched from the shared index for one scope among many
+
+
+class SemanticCache(ResponseCache):
+    name: ClassVar[str] = "semantic"
+
+    def __init__(self, options: dict[str, Any] | None = None, db: Any = None, embedder: Any = None) -> None:
+        unknown = set(options or {}) - set(DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown cache options {sorted(unknown)}; known: {', '.join(sorted(DEFAULTS))}")
+        opts = {**DEFAULTS, **(options or {})}
+        self.options = opts
+        self.threshold = float(opts["threshold"])
+        self.guard = bool(opts["guard"])
+        self.semantic = bool(opts["semantic"])
+        self.ttl_s = float(opts["ttl_s"] or 0) or None
+        self.max_entries = int(opts["max_entries"])
+        self.top_k = max(1, int(opts["top_k"]))
+        self.semantic_max_chars = int(opts["semantic_max_chars"])
+        self.subset_max = int(opts["subset_max"])
+        self.embed_wait_s = float(opts["embed_wait_ms"]) / 1000.0
+        self.store_finish_reasons = frozenset(opts["store_finish_reasons"])
+        self.save_interval_s = float(opts["save_interval_s"] or 0)
+        self.sweep_interval_s = float(opts["sweep_interval_s"])
+        self.index_kind = str(opts["index"])
+        self.index_options = dict(opts["index_options"])
+        self.index_path: str | None = opts["index_path"]
+        if self.max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.db = db
+        self.embedder = embedder
+        self.dim = int(opts["dim"] or getattr(embedder, "dim", 0) or 384)
+        self.clock: Callable[[], float] = time.time  # tests move time forward
+        self.entries = Entries()
+        self._lock = asyncio.Lock()  # writers only: a DuckDB write and its in-memory mutation
+        self.live = LiveIndex(self.index_kind, self.dim, self.index_options, self.index_path, self._lock)
+        self.counters = CacheCounters()
+        self._next_vector_id = 1
+        self._saver: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._last_sweep = 0.0
+
+    # -- start and stop ------------------------------------------------------------------------
+
+    @property
+    def index(self) -> VectorIndex:
+        return self.live.index
+
+    def _semantic_ok(self, query: str) -> bool:
+        return bool(normalise_text(query)) and len(query) <= self.semantic_max_chars
+
+    async def start(self) -> None:
+        """Load the entries and counters, then the index file if consistent (else rebuild it)."""
+        import numpy as np
+
+        if self.db is None:
+            raise ValueError("the semantic cache needs the gateway's database (db=...)")
+        if self.options["single_threaded_search"]:
+            single_threaded_here()  # lookups run on this (the event loop's) thread
+        rows = await self.db.run(store.load_entries)
+        counters = await self.db.run(store.load_counters)
+        self.entries = Entries()
+        for row in rows:
+            self.entries.add(Entry.from_row(row, self._semantic_ok(row[5])))
+        self.counters.load(counters, skip_tenant=store.META_TENANT)
+        high = max((int(row[0]) for row in rows), default=0) + 1
+        self._next_vector_id = max(high, int(counters.get((store.META_TENANT, "next_vector_id"), 1)))
+        stored = np.fromiter(self.entries.by_vector, dtype=np.int64, count=len(self.entries))
+        await self.live.load_or_rebuild(self.db, stored)
+        now = self.clock()
+        victims = self.entries.expired(now - self.ttl_s) if self.ttl_s else []
+        if victims:
+            await self._evict(victims, "ttl")
+        if len(self.entries) > self.max_entries:
+            await self._evict(self.entries.least_recent(len(self.entries) - self.max_entries), "lru")
+        self._last_sweep = now
+        await self.live.save()
+        if self.index_path and self.save_interval_s > 0:
+            self._saver = asyncio.ensure_future(self._save_periodically())
+        note = f" ({self.live.note})" if self.live.note else ""
+        count = len(self.entries)
+        log.info("cache: %d entries, %s index %s%s", count, self.index_kind, self.live.source, note)
+
+    async def close(self) -> None:
+        """Finish background work, write pending counters and save the index."""
+        if self._saver is not None:
+            self._saver.cancel()
+            self._saver = None
+        await self.wait_idle()
+        pending = self.counters.take_pending()
+        if pending and self.db is not None:
+            await self.db.run(store.add_counters, pending)
+        await self.live.save()
+
+    async def wait_idle(self) -> None:
+        """Wait for background evictions and a running index rebuild."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def save(self) -> None:
+        """Write the index file now if it changed."""
+        await self.live.save()
+
+    async def _save_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.save_interval_s)
+            try:
+                await self.live.save()
+            except Exception:
+                log.exception("saving the cache index failed")
+
+    # -- lookup --------------------------------------------------------------------------------
+
+    async def lookup(self, key: CacheKey, prompt: Prompt, min_capability: float) -> CacheHit | None:
+        """A hit, or None on a miss; a failing cache (DuckDB, FAISS) is a miss, never an error."""
+        try:
+            return await self._lookup(key, prompt, min_capability)
+        except TimeoutError:  # the embedder is backed up: answer now, the store still gets the vector
+            self.counters.count(key.tenant, "embed_timeouts")
+            self.counters.count(key.tenant, "misses")
+            return None
+        except Exception:
+            log.exception("cache lookup failed; answering as a miss")
+            self.counters.count(key.tenant, "errors")
+            return None
+
+    async def _lookup(self, key: CacheKey, prompt: Prompt, min_capability: float) -> CacheHit | None:
+        now = self.clock()
+        self.counters.count(key.tenant, "lookups")
+        expired: list[Entry] = []
+        refused: set[str] = set()
+        entry = self.entries.by_exact.get(key.exact)
+        if entry is not None and entry.tenant == key.tenant and entry.scope == key.scope:
+            if self._expired(entry, now):
+                expired.append(entry)
+            elif entry.capability + CAPABILITY_EPS < min_capability:
+                refused.add("capability")
+            else:
+                hit = await self._serve(entry, "exact", 1.0, now)
+                if hit is not None:
+                    return hit
+        if self.semantic and self._semantic_ok(key.query) and self.entries.scope_size(key.scope):
+            vector = await self._embedding(key, prompt)
+            for entry, score in self._candidates(key.scope, vector):
+                if entry.tenant != key.tenant:
+                    continue
+                if self._expired(entry, now):
+                    expired.append(entry)
+                    continue
+                if entry.capability + CAPABILITY_EPS < min_capability:
+                    refused.add("capability")
+                    continue
+                reason = near_miss(key.query, entry.query) if self.guard else None
+                if reason is not None:
+                    refused.add(reason)
+                    continue
+                hit = await self._serve(entry, "semantic", score, now)
+                if hit is not None:
+                    return hit
+        if expired:
+            self._spawn(self._evict(expired, "ttl"))
+        for reason in refused:
+            self.counters.count(key.tenant, f"refused_{reason}")
+        self.counters.count(key.tenant, "misses")
+        return None
+
+    def _expired(self, entry: Entry, now: float) -> bool:
+        return self.ttl_s is not None and now - entry.created_at >= self.ttl_s
+
+    async def _embedding(self, key: CacheKey, prompt: Prompt) -> np.ndarray:
+        """The request's shared embedding (computed once per request, also used by Layer 1)."""
+        import numpy as np
+
+        wait = self.embed_wait_s
+        if prompt.has_embedder or self.embedder is None:
+            # computed already, or now (raises without embedder); shared, so a timeout here
+            # leaves the computation running for the store
+            vector = await asyncio.wait_for(prompt.embedding(), wait)
+        else:
+            try:
+                vector = await prompt.embedding()  # set by the caller
+            except RuntimeError:
+                vector = (await asyncio.wait_for(self.embedder.embed([key.query]), wait))[0]
+                prompt.set_embedding(vector)
+        return np.ascontiguousarray(vector, dtype=np.float32).reshape(-1)
+
+    def _candidates(self, scope: str, vector: np.ndarray) -> list[tuple[Entry, float]]:
+        """Entries of ``scope`` at or above the threshold, best first (at most ``top_k``).
+
+        A small scope is searched exactly among its own vectors; a large one through the shared
+        index, asking for enough neighbours that ``top_k`` of them are likely in the scope.
+        """
+        size = self.entries.scope_size(scope)
+        total = len(self.index)
+        if size <= self.subset_max or total == 0:
+            scope_ids = self.entries.scope_ids(scope)
+            ids, scores = self.index.search_subset(vector, min(self.top_k, size), scope_ids)
+        else:
+            k = min(total, MAX_GLOBAL_K, max(self.top_k, math.ceil(2 * self.top_k * total / size)))
+            ids, scores = self.index.search(vector, k)
+        out: list[tuple[Entry, float]] = []
+        for vector_id, score in zip(ids.tolist(), scores.tolist(), strict=True):
+            if vector_id < 0 or score < self.threshold:
+                break
+            entry = self.entries.by_vector.get(vector_id)
+            if entry is not None and entry.scope == scope and entry.semantic:
+                out.append((entry, float(score)))
+                if len(out) >= self.top_k:
+                    break
+        return out
+
+    async def _serve(self, entry: Entry, kind: str, similarity: float, now: float) -> CacheHit | None:
+        """Read the stored answer and count the hit (None if the entry was evicted meanwhile)."""
+        hit = Counter({(entry.tenant, f"hits_{kind}"): 1, (entry.tenant, "tokens_saved"): entry.tokens})
+        found = await self.db.run(store.hit_entry, entry.id, now, self.counters.take_pending(), hit)
+        if found is None:
+            return None
+        response, cost = found
+        entry.cost_usd = cost
+        hit[(entry.tenant, "usd_saved")] += cost or 0.0
+        self.counters.written(hit)
+        self.entries.touch(entry, now)
+        return CacheHit(
+            entry_id=entry.id,
+            kind=kind,
+            similarity=similarity,
+            source_model=entry.model,
+            age_s=max(0.0, now - entry.created_at),
+            response=msgspec.json.decode(response),
+            request_id=entry.request_id,
+        )
+
+    # -- store and evict -----------------------------------------------------------------------
+
+    def refusal(self, response: dict[str, Any]) -> str | None:
+        """Why an answer must not be stored (None: store it).
+
+        Only complete answers: every choice must end with a finish reason in
+        ``store_finish_reasons`` (``stop``, ``tool_calls``; never ``length`` or
+        ``content_filter``) and carry content or tool calls; refusals and errors are not stored.
+        """
+        if not isinstance(response, dict) or response.get("error"):
+            return "error"
+        choices = response.get("choices") or []
+        if not choices:
+            return "no choices"
+        for choice in choices:
+            reason = choice.get("finish_reason")
+            if reason not in self.store_finish_reasons:
+                return f"finish_reason {reason!r}"
+            message = choice.get("message") or {}
+            if message.get("refusal"):
+                return "refusal"
+            if not (message.get("content") or message.get("tool_calls") or message.get("function_call")):
+                return "empty answer"
+        return None
+
+    async def store(
+        self,
+        key: CacheKey,
+        prompt: Prompt,
+        response: dict[str, Any],
+        model: str,
+        capability: float,
+        request_id: str,
+        cost_usd: float | None = None,
+    ) -> str | None:
+        if self.refusal(response) is not None:
+            self.counters.count(key.tenant, "store_refused")
+            return None
+        vector = await self._embedding(key, prompt)
+        if vector.shape != (self.dim,):
+            raise ValueError(f"embedding of shape {vector.shape}, expected ({self.dim},)")
+        usage = response.get("usage") or {}
+        body = msgspec.json.encode(response).decode()
+        async with self._lock:
+            now = self.clock()
+            entry = Entry(
+                vector_id=self._next_vector_id,
+                id=f"ce-{uuid.uuid4().hex[:24]}",
+                tenant=key.tenant,
+                scope=key.scope,
+                exact=key.exact,
+                query=key.query,
+                model=model,
+                capability=float(capability),
+                request_id=request_id,
+                created_at=now,
+                last_hit_at=now,
+                prompt_tokens=usage.get("prompt_tokens"),
+                completion_tokens=usage.get("completion_tokens"),
+                cost_usd=cost_usd,
+                semantic=self._semantic_ok(key.query),
+            )
+            self._next_vector_id += 1
+            victims = self._displaced(entry, now)
+            new: Counter[tuple[str, str]] = Counter({(key.tenant, "stores"): 1})
+            for victim, reason in victims:
+                new[(victim.tenant, f"evicted_{reason}")] += 1
+            gone = [v.id for v, _ in victims]
+            increments = self.counters.take_pending() + new
+            await self.db.run(store.write_entry, entry.row(), vector, body, gone, increments)
+            self.counters.written(new)
+            self._remove_locked([v for v, _ in victims])
+            self.entries.add(entry)
+            self.live.add(entry.vector_id, vector)
+            self.live.maybe_compact(self._spawn)
+        return entry.id
+
+    def _displaced(self, entry: Entry, now: float) -> list[tuple[Entry, str]]:
+        """What a new entry evicts: the entry it replaces, expired entries (each sweep), LRU ones."""
+        victims: dict[str, tuple[Entry, str]] = {}
+        same = self.entries.by_exact.get(entry.exact)
+        if same is not None:
+            victims[same.id] = (same, "replaced")  # newest answer wins (``refresh`` relies on it)
+        if self.ttl_s and now - self._last_sweep >= self.sweep_interval_s:
+            self._last_sweep = now
+            for old in self.entries.expired(now - self.ttl_s):
+                victims.setdefault(old.id, (old, "ttl"))
+        overflow = len(self.entries) + 1 - len(victims) - self.max_entries
+        if overflow > 0:
+            for old in self.entries.least_recent(overflow, keep=set(victims)):
+                victims[old.id] = (old, "lru")
+        return list(victims.values())
+
+    async def evict_request(self, request_id: str) -> int:
+        """Evict what ``request_id`` produced and the entry it was served from (negative feedback)."""
+        ids = set(self.entries.by_request.get(request_id, ()))
+        served = await self.db.run(store.served_entry, request_id)
+        if served:
+            ids.add(served)
+        return await self._evict([self.entries.by_id[i] for i in ids if i in self.entries], "feedback")
+
+    async def evict_entry(self, entry_id: str) -> int:
+        entry = self.entries.by_id.get(entry_id)
+        return 0 if entry is None else await self._evict([entry], "feedback")
+
+    async def evict_older_than(self, cutoff: float) -> int:
+        """Evict entries created before ``cutoff`` (epoch seconds): the history retention job."""
+        return await self._evict(self.entries.expired(cutoff), "retention")
+
+    async def _evict(self, victims: list[Entry], reason: str) -> int:
+        async with self._lock:
+            unique = {v.id: v for v in victims if v.id in self.entries}  # another writer may have won
+            victims = list(unique.values())
+            if not victims:
+                return 0
+            new: Counter[tuple[str, str]] = Counter()
+            for victim in victims:
+                new[(victim.tenant, f"evicted_{reason}")] += 1
+            increments = self.counters.take_pending() + new
+            await self.db.run(store.delete_entries, [v.id for v in victims], increments)
+            self.counters.written(new)
+            self._remove_locked(victims)
+            self.live.maybe_compact(self._spawn)
+        return len(victims)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _remove_locked(self, victims: list[Entry]) -> None:
+        self.live.remove([v.vector_id for v in victims if self.entries.remove(v)])
+
+    def stats(self, tenant: str | None = None) -> dict[str, Any]:
+        """Entries, hits by tier, hit rate, refusals, evictions, savings; the index when global."""
+        out: dict[str, Any] = {
+            "backend": self.name,
+            "enabled": True,
+            "entries": len(self.entries) if tenant is None else self.entries.per_tenant.get(tenant, 0),
+            "max_entries": self.max_entries,
+            "ttl_s": self.ttl_s,
+            "threshold": self.threshold,
+            "guard": self.guard,
+            **self.counters.summary(tenant),
+            "index": {"kind": self.index_kind},
+        }
+        if tenant is None:
+            out["index"].update(self.live.info())
+        return out

@@ -1,0 +1,180 @@
+"""The cache's DuckDB statements. Each function runs on the database thread via ``Database.run``.
+
+Entries live in ``cache_entries`` (embedding included, so the FAISS index can always be rebuilt
+from the table); counters in ``cache_stats`` as ``(tenant, name, value)`` rows that are only
+ever incremented, so concurrent writers never lose an update.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import duckdb
+    import numpy as np
+
+ENTRY_COLUMNS = (
+    "vector_id, id, tenant, scope, exact_hash, query, model, capability, request_id, "
+    "created_at, last_hit_at, hits, prompt_tokens, completion_tokens, cost_usd"
+)
+META_TENANT = ""  # cache_stats rows of the cache's own bookkeeping
+Increments = dict[tuple[str, str], float]  # (tenant, counter) -> amount
+
+
+def load_entries(con: duckdb.DuckDBPyConnection) -> list[tuple]:
+    """Every entry's lookup metadata (no embeddings, no response bodies), least recently used first."""
+    sql = f"SELECT {ENTRY_COLUMNS} FROM cache_entries ORDER BY last_hit_at, vector_id"
+    return con.execute(sql).fetchall()
+
+
+def load_vectors(con: duckdb.DuckDBPyConnection, vector_ids: list[int] | None, dim: int) -> tuple[Any, Any]:
+    """``(vector_ids, vectors)`` of the given entries (all when None), via Arrow, no Python lists."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    sql = "SELECT vector_id, embedding FROM cache_entries"
+    params: list[Any] = []
+    if vector_ids is not None:
+        sql += " WHERE vector_id IN (SELECT unnest(?::BIGINT[]))"
+        params.append(vector_ids)
+    table = con.sql(sql + " ORDER BY vector_id", params=params or None).to_arrow_table()
+    ids = table.column("vector_id").to_numpy().astype(np.int64)
+    if len(ids) == 0:
+        return ids, np.zeros((0, dim), np.float32)
+    column = table.column("embedding").combine_chunks()
+    lengths = pc.list_value_length(column).to_numpy()
+    if (lengths != dim).any():
+        raise ValueError(f"stored embeddings do not all have dimension {dim}")
+    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    return ids, flat.reshape(len(ids), dim)
+
+
+def write_entry(
+    con: duckdb.DuckDBPyConnection,
+    row: dict[str, Any],
+    vector: np.ndarray,
+    response: str,
+    victims: list[str],
+    increments: Increments,
+) -> None:
+    """One transaction: delete the entries the new one displaces, insert it, add to the counters."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        if victims:
+            con.execute("DELETE FROM cache_entries WHERE id IN (SELECT unnest(?::VARCHAR[]))", [victims])
+        con.execute(
+            "INSERT INTO cache_entries (id, vector_id, tenant, scope, exact_hash, query, embedding, response,"
+            " model, capability, request_id, created_at, last_hit_at, hits, prompt_tokens, completion_tokens,"
+            " cost_usd) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
+            [
+                row["id"],
+                row["vector_id"],
+                row["tenant"],
+                row["scope"],
+                row["exact"],
+                row["query"],
+                vector.tolist(),
+                response,
+                row["model"],
+                row["capability"],
+                row["request_id"],
+                row["created_at"],
+                row["created_at"],
+                row["prompt_tokens"],
+                row["completion_tokens"],
+                row["cost_usd"],
+            ],
+        )
+        add_counters(con, increments)
+        raise_counter(con, META_TENANT, "next_vector_id", row["vector_id"] + 1)
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+
+
+def delete_entries(con: duckdb.DuckDBPyConnection, entry_ids: list[str], increments: Increments) -> None:
+    con.execute("BEGIN TRANSACTION")
+    try:
+        if entry_ids:
+            con.execute("DELETE FROM cache_entries WHERE id IN (SELECT unnest(?::VARCHAR[]))", [entry_ids])
+        add_counters(con, increments)
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+
+
+def hit_entry(
+    con: duckdb.DuckDBPyConnection, entry_id: str, now: float, pending: Increments, hit: Increments
+) -> tuple[str, float | None] | None:
+    """Record a hit; ``(stored response, cost of producing it)``, or None if the entry is gone.
+
+    ``pending`` counters are written either way, ``hit`` ones (plus ``usd_saved``) only on a hit.
+    An entry stored without its cost takes it from the producing request's history row (written
+    by then) and keeps it, so "dollars saved" needs nothing from the caller.
+    """
+    row = con.execute(
+        "UPDATE cache_entries SET hits = hits + 1, last_hit_at = ? WHERE id = ?"
+        " RETURNING response, cost_usd, request_id, tenant",
+        [now, entry_id],
+    ).fetchone()
+    if row is None:
+        add_counters(con, pending)
+        return None
+    response, cost, request_id, tenant = row
+    if cost is None:
+        cost = request_cost(con, request_id)
+        if cost is not None:
+            con.execute("UPDATE cache_entries SET cost_usd = ? WHERE id = ?", [cost, entry_id])
+    increments = dict(pending)
+    for key, value in [*hit.items(), ((tenant, "usd_saved"), cost or 0.0)]:
+        increments[key] = increments.get(key, 0.0) + value
+    add_counters(con, increments)
+    return str(response), cost
+
+
+def request_cost(con: duckdb.DuckDBPyConnection, request_id: str) -> float | None:
+    """The cost the gateway recorded for ``request_id`` (None without a history table or row)."""
+    import duckdb
+
+    try:
+        found = con.execute("SELECT cost_usd FROM requests WHERE id = ?", [request_id]).fetchone()
+    except duckdb.CatalogException:
+        return None
+    return None if found is None or found[0] is None else float(found[0])
+
+
+def served_entry(con: duckdb.DuckDBPyConnection, request_id: str) -> str | None:
+    """The cache entry a request was answered from, per its history row."""
+    import duckdb
+
+    try:
+        found = con.execute("SELECT cache_entry_id FROM requests WHERE id = ?", [request_id]).fetchone()
+    except duckdb.CatalogException:
+        return None
+    return None if found is None else found[0]
+
+
+def add_counters(con: duckdb.DuckDBPyConnection, increments: Increments) -> None:
+    rows = [[tenant, name, float(value)] for (tenant, name), value in increments.items() if value]
+    if rows:
+        con.executemany(
+            "INSERT INTO cache_stats VALUES (?, ?, ?)"
+            " ON CONFLICT (tenant, name) DO UPDATE SET value = cache_stats.value + excluded.value",
+            rows,
+        )
+
+
+def raise_counter(con: duckdb.DuckDBPyConnection, tenant: str, name: str, value: float) -> None:
+    """Set a counter to ``value`` unless it is already higher (a high-water mark)."""
+    con.execute(
+        "INSERT INTO cache_stats VALUES (?, ?, ?)"
+        " ON CONFLICT (tenant, name) DO UPDATE SET value = greatest(cache_stats.value, excluded.value)",
+        [tenant, name, float(value)],
+    )
+
+
+def load_counters(con: duckdb.DuckDBPyConnection) -> Increments:
+    rows = con.execute("SELECT tenant, name, value FROM cache_stats").fetchall()
+    return {(tenant, name): float(value) for tenant, name, value in rows}
