@@ -106,6 +106,9 @@ class Embedder:
                     batch.append(await asyncio.wait_for(self._queue.get(), timeout))
                 except TimeoutError:
                     break
+            batch = [(text, future) for text, future in batch if not future.done()]  # callers gone
+            if not batch:
+                continue
             try:
                 vectors = await asyncio.to_thread(self.encode, [text for text, _ in batch], self.encode_batch)
             except Exception as exc:  # every waiter sees the failure; the loop keeps serving

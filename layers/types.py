@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
@@ -29,7 +29,7 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True):
     tier: Tier = "medium"
     rank: float | None = None
     context_window: int = 128_000
-    timeout_s: float = 60.0
+    timeout_s: float = 0.0  # seconds per upstream call; 0: the gateway's upstream.timeout_s
     demo: bool = False
 
     @property
@@ -51,17 +51,19 @@ class Prompt:
     """The request text under routing, with its embedding computed at most once.
 
     Layer 1 (the MiniLM classifier) and Layer 3 (the semantic cache) both need the embedding of
-    the last user turn; whichever asks first computes it, the other reuses it.
+    the last user turn; whichever asks first starts it, the other reuses it. The computation is a
+    task of its own, shielded from its waiters: when Layer 1 runs out of its time budget, the
+    embedding goes on and the cache uses it instead of queueing the same text a second time.
     """
 
-    __slots__ = ("_embed", "_embedding", "_lock", "approx_tokens", "text")
+    __slots__ = ("_embed", "_embedding", "_task", "approx_tokens", "text")
 
     def __init__(self, text: str, approx_tokens: int, embed: EmbedFn | None = None) -> None:
         self.text = text
         self.approx_tokens = approx_tokens
         self._embed = embed
         self._embedding: np.ndarray | None = None
-        self._lock: asyncio.Lock | None = None
+        self._task: asyncio.Task[np.ndarray] | None = None
 
     @property
     def has_embedder(self) -> bool:
@@ -73,12 +75,23 @@ class Prompt:
             return self._embedding
         if self._embed is None:
             raise RuntimeError("no embedder configured for this prompt")
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            if self._embedding is None:
-                self._embedding = (await self._embed([self.text]))[0]
-        return self._embedding
+        task = self._task
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            self._task = asyncio.ensure_future(self._compute())
+            self._task.add_done_callback(_retrieve_exception)
+        return await asyncio.shield(self._task)
+
+    async def _compute(self) -> np.ndarray:
+        assert self._embed is not None
+        vector = (await self._embed([self.text]))[0]
+        self._embedding = vector
+        return vector
 
     def set_embedding(self, vector: np.ndarray) -> None:
         self._embedding = vector
+
+
+def _retrieve_exception(task: asyncio.Task[Any]) -> None:
+    """A failed embedding nobody waits for any more must not log 'exception was never retrieved'."""
+    if not task.cancelled():
+        task.exception()
