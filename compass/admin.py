@@ -339,7 +339,7 @@ async def admin_timeline(
     request: Request,
     services: Services,
     buckets: Annotated[int, Parameter(ge=1, le=1000)] = 48,
-    window_s: Annotated[float | None, Parameter(gt=0)] = None,
+    window_s: Annotated[float | None, Parameter(gt=0, le=10 * 365 * 86400)] = None,
     tenant: str | None = None,
 ) -> dict[str, Any]:
     require_admin(request, services)

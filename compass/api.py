@@ -161,7 +161,7 @@ async def stats_raw(
     request: Request,
     services: Services,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Parameter(ge=0)] = 0,
+    offset: Annotated[int, Parameter(ge=0, le=2**62)] = 0,
 ) -> dict[str, Any]:
     caller = caller_for(request, services)
     assert services.db is not None

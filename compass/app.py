@@ -85,6 +85,13 @@ def http_error_handler(_: Request, exc: HTTPException) -> Response:
     return _json_response(status, error_body(message, error_type, None, code), exc.headers)
 
 
+def undecodable_body_handler(_: Request, exc: Exception) -> Response:
+    """msgspec raises these past Litestar's JSON error mapping: a body nested too deeply, or not UTF-8."""
+    reason = "it is nested too deeply" if isinstance(exc, RecursionError) else "it is not valid UTF-8"
+    message = f"We could not parse the JSON body of your request: {reason}."
+    return _json_response(400, error_body(message, "invalid_request_error", None, "invalid_json"))
+
+
 def internal_error_handler(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return _json_response(500, error_body("The gateway had an internal error; it is logged.", "api_error"))
@@ -121,6 +128,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
             CompassError: compass_error_handler,
             ValidationException: validation_error_handler,
             HTTPException: http_error_handler,
+            RecursionError: undecodable_body_handler,
+            UnicodeDecodeError: undecodable_body_handler,
             Exception: internal_error_handler,
         },
         openapi_config=OpenAPIConfig(

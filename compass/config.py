@@ -263,6 +263,10 @@ def validate_settings(settings: Settings) -> None:
             raise ConfigError(f"models[{index}] ({model.name}): prices must not be negative")
         if model.name in RESERVED_MODEL_NAMES:
             raise ConfigError(f"models[{index}]: the name {model.name!r} is reserved for routing")
+        if model.timeout_s < 0:
+            raise ConfigError(
+                f"models[{index}] ({model.name}).timeout_s: must not be negative (0: upstream.timeout_s)"
+            )
 
 
 RESERVED_MODEL_NAMES = frozenset(
@@ -305,7 +309,7 @@ def convert_model_list(model_list: list[dict[str, Any]]) -> list[ModelSpec]:
             "tier": info.get("tier", "medium"),
             "rank": info.get("rank"),
             "context_window": int(info.get("max_input_tokens", params.get("max_input_tokens", 128_000))),
-            "timeout_s": float(params.get("timeout", 60.0)),
+            "timeout_s": float(params.get("timeout", 0.0)),
         }
         try:
             specs.append(msgspec.convert(spec, ModelSpec))

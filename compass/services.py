@@ -15,6 +15,8 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from compass.breaker import Breakers
 from compass.config import Settings, configured_pool, demo_pool
 from compass.storage.db import Database
@@ -93,6 +95,9 @@ class Services:
         await self._start_classifier()
         await self._start_selector()
         await self._start_cache()
+        from compass.storage.retention import RetentionTask
+
+        self.extras["retention"] = RetentionTask(self).start()  # storage.retention_days
         write_server_file(self)
 
     def _start_pool(self) -> None:
@@ -109,6 +114,8 @@ class Services:
                 "upstream at %s, not from a real LLM",
                 self.demo_upstream.url,
             )
+        default_timeout = self.settings.upstream.timeout_s
+        pool = [m if m.timeout_s > 0 else msgspec.structs.replace(m, timeout_s=default_timeout) for m in pool]
         self.pool = {m.name: m for m in pool}
         log.info("model pool: %s", ", ".join(f"{m.name} ({m.tier})" for m in pool))
 
@@ -200,6 +207,8 @@ class Services:
 
     async def stop(self) -> None:
         remove_server_file(self)
+        if "retention" in self.extras:
+            await self.extras.pop("retention").stop()
         if self.background:
             await asyncio.wait(list(self.background), timeout=10)
         for closer in (self.cache, self.classifier, self.fallback_classifier, self.upstream):

@@ -154,10 +154,12 @@ async def upstream_stream(
         yield DONE
     except CompassError as exc:
         exchange.fail(exc)
+        broke_mid_stream(exchange)
         yield _encode(exc.body())
     except Exception as exc:  # an unexpected provider failure mid-stream: still an OpenAI error event
         error = UpstreamError(f"stream from {model_name!r} failed: {exc}")
         exchange.fail(error)
+        broke_mid_stream(exchange)
         yield _encode(error.body())
     finally:
         if not exchange.recorded:
@@ -170,6 +172,13 @@ async def upstream_stream(
             body = acc.completion(exchange.request_id, model_name)
             body["usage"] = exchange.usage
             exchange.services.spawn(exchange.cache_store(body))
+
+
+def broke_mid_stream(exchange: Exchange) -> None:
+    """A stream that breaks after its first chunk is the model failing: its circuit and Layer 2 learn it."""
+    if exchange.model is not None and exchange.status >= 500:
+        exchange.services.breakers[exchange.model.name].failure()
+        exchange.model_failed(exchange.model)
 
 
 def replay_chunks(body: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:

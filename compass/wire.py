@@ -95,6 +95,8 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
                 for part in message.content:
                     if not isinstance(part.get("type"), str):
                         raise ValueError(f"messages[{index}].content parts need a 'type'")
+                    if part["type"] == "text" and not isinstance(part.get("text"), str):
+                        raise ValueError(f"messages[{index}].content text parts need a string 'text'")
 
     @property
     def wants_stream(self) -> bool:

@@ -109,3 +109,15 @@ def test_empty_pool_means_demo_unless_demo_off(tmp_path: Path) -> None:
     off = load_settings(None, environ={"COMPASS_DEMO": "off"})
     with pytest.raises(ConfigError, match="demo is off"):
         configured_pool(off, environ={})
+
+
+def test_upstream_timeout_is_every_model_default_and_a_model_can_override_it(tmp_path: Path) -> None:
+    from compass.services import build_services
+    from tests.helpers import MOCK_POOL, make_settings
+
+    pool = [dict(MOCK_POOL[0], timeout_s=5), *MOCK_POOL[1:]]
+    services = build_services(make_settings(tmp_path, pool, **{"upstream.timeout_s": 7.5}))
+    services._start_pool()
+    assert {m.name: m.timeout_s for m in services.pool.values()} == {"small": 5, "medium": 7.5, "large": 7.5}
+    with pytest.raises(ConfigError, match="timeout_s"):
+        make_settings(tmp_path, [dict(MOCK_POOL[0], timeout_s=-1)])

@@ -98,13 +98,19 @@ def rows_to_table(rows: list[dict[str, Any]]) -> Any:
 
 
 def insert_requests(con: Any, rows: list[dict[str, Any]]) -> None:
+    """One INSERT for the batch, on its own cursor.
+
+    DuckDB refuses ``register()`` on a connection holding a half-read result (another caller's
+    ``fetchone()``); a cursor has its own result state, so such a leftover cannot lose history rows.
+    """
     table = rows_to_table(rows)
     names = ", ".join(REQUEST_COLUMNS)
-    con.register("_compass_batch", table)
+    cursor = con.cursor()
     try:
-        con.execute(f"INSERT INTO requests ({names}) SELECT {names} FROM _compass_batch")
+        cursor.register("_compass_batch", table)
+        cursor.execute(f"INSERT INTO requests ({names}) SELECT {names} FROM _compass_batch")
     finally:
-        con.unregister("_compass_batch")
+        cursor.close()
 
 
 def utcnow() -> dt.datetime:
@@ -123,6 +129,8 @@ class HistoryWriter:
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._in_flight = 0
+        self._queued = 0  # rows ever queued; with _processed, lets flush() wait for a fixed target
+        self._processed = 0  # rows whose insert finished, stored or not
         self.written = 0
         self.failed_batches = 0
 
@@ -137,6 +145,7 @@ class HistoryWriter:
             future = asyncio.get_running_loop().create_future()
             row["_committed"] = future
         self._queue.put_nowait(row)
+        self._queued += 1
         return future
 
     @property
@@ -167,6 +176,7 @@ class HistoryWriter:
         try:
             await self._insert(batch)
         finally:
+            self._processed += len(batch)
             for future in futures:
                 if not future.done():
                     future.set_result(None)
@@ -187,8 +197,13 @@ class HistoryWriter:
                     log.exception("history row %s could not be stored", row.get("id"))
 
     async def flush(self) -> None:
-        """Wait until everything queued so far is in the database."""
-        while self.pending:
+        """Wait until everything queued before this call is in the database.
+
+        Rows queued later are not waited for: under steady traffic the queue is never empty, and
+        waiting for that would hold ``/stats``, SQL and ``/feedback`` until the traffic stops.
+        """
+        target = self._queued
+        while self._processed < target and self._task is not None and not self._task.done():
             await asyncio.sleep(self.flush_interval_s / 4 or 0.001)
 
     async def close(self) -> None:

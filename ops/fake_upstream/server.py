@@ -98,7 +98,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if status:
         return upstream_error(status)
 
-    plan = plan_answer(body, model, prompt, behaviour, directives.tokens)
+    try:
+        plan = plan_answer(body, model, prompt, behaviour, directives.tokens)
+    except (AttributeError, TypeError, ValueError) as exc:  # malformed tools/n/response_format, as OpenAI
+        return error(400, f"Invalid request body: {exc}", "invalid_request_error")
     if body.get("stream"):
         broken = directives.stream_error or state.rng.random() < behaviour.stream_error_rate
         return await stream_answer(request, body, model, plan, behaviour, broken)

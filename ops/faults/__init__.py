@@ -1,0 +1,1 @@
+"""Fault injection, crash and bad-input harnesses for the gateway (``python -m ops.faults``)."""
