@@ -25,6 +25,7 @@ from ops.procs import REPO, GatewayProcess
 CHROMIUM = Path(os.environ.get("COMPASS_CHROMIUM", "/usr/bin/chromium"))
 ADMIN_KEY = "admin-key-for-the-browser-test"
 SCREENSHOT = REPO / "ops" / "screenshots" / "admin.png"
+LATEST = REPO / "ops" / "screenshots" / "latest" / "admin.png"
 PRICES = {
     "demo-small": (0.1, 0.4, "simple"),
     "demo-medium": (1.0, 4.0, "medium"),
@@ -240,7 +241,11 @@ def test_admin_page_in_chromium(
         finally:
             browser.close()
     assert (tmp_path / "admin.png").stat().st_size > 10_000
-    if os.environ.get("COMPASS_UPDATE_SCREENSHOT"):  # refresh the README's picture on request only
+    # Every run leaves its screenshot in ops/screenshots/latest/ (ignored by git); the tracked
+    # picture is refreshed on request only, so a test run leaves the tree clean.
+    LATEST.parent.mkdir(parents=True, exist_ok=True)
+    LATEST.write_bytes((tmp_path / "admin.png").read_bytes())
+    if os.environ.get("COMPASS_UPDATE_SCREENSHOT"):
         save_small_copy(tmp_path / "admin.png", SCREENSHOT)
 
 
