@@ -160,6 +160,8 @@ async def route(
         )
     )
     select_ms = (time.perf_counter() - start) * 1000
+    if preset is None:
+        selection, method = follow_mapping(selection, classification, candidates, method)
     chosen = services.pool[selection.model]
     ranked = selection.ranked or [selection.model]
     fallbacks = [services.pool[name] for name in ranked if name != chosen.name]
@@ -176,6 +178,27 @@ async def route(
         select_ms=select_ms,
         prompt_tokens=tokens,
     )
+
+
+def follow_mapping(
+    selection: Selection, classification: Classification, candidates: list[ModelSpec], method: str
+) -> tuple[Selection, str]:
+    """A model that Layer 1 names (RouteLLM's label -> model mapping or its fallback model) is used.
+
+    The operator wrote that mapping, so it wins over Layer 2 for ``auto`` requests when the model
+    is a healthy candidate (``routing.method`` ends in ``+mapping``); Layer 2's ranking stays as
+    the fallback order. ``compass/cheap|balanced|best`` keep Layer 2's choice.
+    """
+    suggested = classification.details.get("suggested_model")
+    if not isinstance(suggested, str) or suggested == selection.model:
+        return selection, method
+    if suggested not in {m.name for m in candidates}:
+        return selection, method
+    ranked = [suggested, *[name for name in selection.ranked or [selection.model] if name != suggested]]
+    mapped = msgspec.structs.replace(
+        selection, model=suggested, method="mapping", ranked=ranked, propensity=1.0
+    )
+    return mapped, method
 
 
 def routing_object(

@@ -341,3 +341,25 @@ def test_metrics_count_requests_layers_and_cost(gateway: TestClient, mock: MockU
     assert 'compass_layer_latency_seconds_count{layer="classify"} 2.0' in text
     assert 'compass_cost_usd_total{model="small"}' in text
     assert 'compass_circuit_open{model="small"} 0.0' in text
+
+
+def test_a_model_named_by_layer_1_is_used_for_auto(tmp_path: Path, mock: MockUpstream) -> None:
+    """RouteLLM's label -> model mapping: the named model answers, Layer 2's ranking is the fallback."""
+    from layers.classifier.base import Classification, Classifier
+
+    class NamesLarge(Classifier):
+        name = "names-large"
+
+        async def classify(self, prompt: Any) -> Classification:
+            details = {"suggested_model": "large"}
+            return Classification(tier="simple", score=0.1, backend=self.name, details=details)
+
+    settings = make_settings(tmp_path, MOCK_POOL)
+    services = build_services(settings, upstream=mock)
+    with TestClient(create_app(settings, services)) as client:
+        services.classifier = NamesLarge()
+        routed = client.post("/v1/chat/completions", json={"model": "auto", "messages": user("hi")}).json()
+        assert routed["routing"]["model"] == "large"
+        assert routed["routing"]["method"] == "classifier+mapping"
+        cheap = client.post("/v1/chat/completions", json={"model": "compass/cheap", "messages": user("hi")})
+        assert cheap.json()["routing"]["model"] == "small"  # a preset keeps Layer 2's choice
