@@ -41,8 +41,10 @@ models: []
 classifier:                  # Layer 1
   backend: embedding         # embedding (bundled MiniLM) | nvidia | routellm_bert | remote | length
   fallback: length           # used when the backend errors or exceeds the time budget
-  time_budget_ms: 150
+  time_budget_ms: 150         # nvidia on CPU: 300-400 (about 45 ms at 32 tokens, 190 ms at 256)
   options: {}
+  # nvidia: weights from `compass download-models`; options e.g.
+  #   {device: auto, score: compass_complexity, thresholds: [0.35, 0.65], max_batch: 32}
 
 selector:                    # Layer 2
   backend: thompson          # thompson (learns from POST /feedback) | static (tier map)
@@ -50,14 +52,15 @@ selector:                    # Layer 2
 
 cache:                       # Layer 3
   enabled: true
-  options: {}
+  options: {}                # e.g. {threshold: 0.96, ttl_s: 604800, max_entries: 100000,
+                             #       max_temperature: 0.3, cache_unset_temperature: true}
 
 storage:
   store_content: full        # full | hash (store only hashes of prompts and answers)
   flush_interval_ms: 50
 
 upstream:
-  timeout_s: 60
+  timeout_s: 60              # per call, for every model without its own timeout_s
   max_retries: 1
 """
 
