@@ -121,3 +121,32 @@ def test_upstream_timeout_is_every_model_default_and_a_model_can_override_it(tmp
     assert {m.name: m.timeout_s for m in services.pool.values()} == {"small": 5, "medium": 7.5, "large": 7.5}
     with pytest.raises(ConfigError, match="timeout_s"):
         make_settings(tmp_path, [dict(MOCK_POOL[0], timeout_s=-1)])
+
+
+def test_compass_init_writes_a_config_that_loads_and_converts_litellm(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from compass.cli import main as cli
+
+    runner = CliRunner()
+    starter = tmp_path / "compass.yaml"
+    result = runner.invoke(cli, ["init", "--output", str(starter)])
+    assert result.exit_code == 0, result.output
+    settings = load_settings(str(starter), environ={})
+    assert settings.classifier.backend == "embedding" and settings.cache.enabled and not settings.models
+    assert runner.invoke(cli, ["init", "--output", str(starter)]).exit_code != 0  # no silent overwrite
+
+    litellm = tmp_path / "litellm.yaml"
+    litellm.write_text(
+        "model_list:\n"
+        "  - model_name: fast\n"
+        "    litellm_params: {model: openai/gpt-4o-mini, api_key: os.environ/OPENAI_API_KEY,"
+        " input_cost_per_token: 0.00000015, output_cost_per_token: 0.0000006}\n"
+    )
+    converted = tmp_path / "converted.yaml"
+    result = runner.invoke(cli, ["init", "--from-litellm", str(litellm), "--output", str(converted)])
+    assert result.exit_code == 0, result.output
+    (model,) = load_settings(str(converted), environ={}).models
+    assert (model.name, model.litellm_model) == ("fast", "openai/gpt-4o-mini")
+    assert model.api_key_env == "OPENAI_API_KEY"
+    assert abs(model.input_price_per_mtok - 0.15) < 1e-9
