@@ -20,12 +20,11 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from layers.classifier.base import Classification, Classifier
+from layers.classifier.batching import MicroBatcher
 from layers.classifier.download import NVIDIA_REPO, resolve_model_dir
 from layers.types import Prompt, Tier
 
@@ -82,80 +81,6 @@ def bucket_length(n: int, buckets: tuple[int, ...], limit: int) -> int:
     return next((b for b in buckets if b >= n and b <= limit), limit)
 
 
-class MicroBatcher:
-    """Collects concurrent single requests into one call of ``fn`` on one worker thread.
-
-    One thread: CPU forward passes do not get faster by overlapping, and a batch of N is one
-    padded pass instead of N. Requests arriving while a batch runs form the next batch.
-    """
-
-    def __init__(self, fn: Callable[[list[str]], list[Any]], max_batch: int, max_wait_ms: float) -> None:
-        self.fn = fn
-        self.max_batch = max_batch
-        self.max_wait_s = max_wait_ms / 1000.0
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compass-nvidia")
-        self._queue: asyncio.Queue[tuple[str, asyncio.Future[Any]]] | None = None
-        self._worker: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.batches = 0
-        self.largest = 0
-
-    async def run(self, texts: list[str]) -> list[Any]:
-        """A whole list on the worker thread, in chunks of ``max_batch``."""
-        loop = asyncio.get_running_loop()
-        out: list[Any] = []
-        for i in range(0, len(texts), self.max_batch):
-            out += await loop.run_in_executor(self.executor, self.fn, texts[i : i + self.max_batch])
-        return out
-
-    async def submit(self, text: str) -> Any:
-        loop = asyncio.get_running_loop()
-        if self._queue is None or self._loop is not loop:  # a new event loop gets its own worker
-            self._queue, self._loop = asyncio.Queue(), loop
-            self._worker = loop.create_task(self._serve(self._queue))
-        future: asyncio.Future[Any] = loop.create_future()
-        self._queue.put_nowait((text, future))
-        return await future
-
-    async def _serve(self, queue: asyncio.Queue[tuple[str, asyncio.Future[Any]]]) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = [await queue.get()]
-            deadline = loop.time() + self.max_wait_s
-            while len(batch) < self.max_batch:
-                if queue.empty():
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        break
-                    try:
-                        batch.append(await asyncio.wait_for(queue.get(), remaining))
-                    except TimeoutError:
-                        break
-                else:
-                    batch.append(queue.get_nowait())
-            batch = [(t, f) for t, f in batch if not f.done()]  # callers that timed out are gone
-            if not batch:
-                continue
-            self.batches += 1
-            self.largest = max(self.largest, len(batch))
-            try:
-                results = await loop.run_in_executor(self.executor, self.fn, [t for t, _ in batch])
-            except Exception as exc:  # every waiter sees the failure; the worker keeps serving
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for result, (_, future) in zip(results, batch, strict=True):
-                if not future.done():
-                    future.set_result(result)
-
-    def close(self) -> None:
-        if self._worker is not None and self._loop is not None and not self._loop.is_closed():
-            self._worker.cancel()
-        self._worker = self._queue = self._loop = None
-        self.executor.shutdown(wait=False, cancel_futures=True)
-
-
 class NvidiaClassifier(Classifier):
     """Options: ``model`` repo id or local dir (default the NVIDIA repo), ``path`` local dir,
     ``revision``, ``cache_dir``, ``allow_download`` (default: unless HF_HUB_OFFLINE);
@@ -204,8 +129,11 @@ class NvidiaClassifier(Classifier):
         self.onnx_dir = options.get("onnx_dir")
         self.verify_fast_path = bool(options.get("verify_fast_path", True))
         self.prefix = str(options.get("prefix", ""))  # the card's example writes "Prompt: " before the text
-        self.batcher = MicroBatcher(
-            self._infer, max(1, int(options.get("max_batch", 32))), float(options.get("max_wait_ms", 2.0))
+        self.batcher: MicroBatcher[Any] = MicroBatcher(
+            self._infer,
+            max(1, int(options.get("max_batch", 32))),
+            float(options.get("max_wait_ms", 2.0)),
+            name="nvidia",
         )
         self.model_dir: Path | None = None
         self.device = "cpu"

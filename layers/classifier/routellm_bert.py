@@ -14,19 +14,17 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import numpy as np
 
 from layers.classifier.base import Classification, Classifier
+from layers.classifier.batching import MicroBatcher
 from layers.types import TIERS, Prompt
 
 DEFAULT_REPO = "routellm/bert_gpt4_augmented"
 DEFAULT_THRESHOLD = 0.5  # strong win rate at or above which RouteLLM picks the strong model
 DEFAULT_MEDIUM_THRESHOLD = 0.25  # below it the prompt is "simple"
-T = TypeVar("T")
 
 
 def strong_win_rate(logits: np.ndarray) -> np.ndarray:
@@ -60,65 +58,6 @@ def resolve_checkpoint(
         model, path, allow_download=allow_download, cache_dir=cache_dir, revision=revision
     )
     return str(folder)
-
-
-class MicroBatcher(Generic[T]):
-    """Gathers single items from concurrent callers into one call of ``fn`` on a worker thread.
-
-    One worker thread: torch forward passes are not made faster by overlapping them on CPU, and a
-    batch of N pads to one sequence length instead of N separate calls.
-    """
-
-    def __init__(self, fn: Callable[[list[str]], list[T]], max_batch: int = 32, max_wait_ms: float = 2.0):
-        self.fn = fn
-        self.max_batch = max_batch
-        self.max_wait_s = max_wait_ms / 1000.0
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compass-classifier")
-        self._queue: asyncio.Queue[tuple[str, asyncio.Future[T]]] | None = None
-        self._worker: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    async def run(self, texts: list[str]) -> list[T]:
-        """A whole batch at once, on the worker thread."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self.fn, texts)
-
-    async def submit(self, text: str) -> T:
-        loop = asyncio.get_running_loop()
-        if self._queue is None or self._loop is not loop:  # a new event loop (tests) gets a new worker
-            self._queue = asyncio.Queue()
-            self._loop = loop
-            self._worker = loop.create_task(self._batch_loop(self._queue))
-        future: asyncio.Future[T] = loop.create_future()
-        await self._queue.put((text, future))
-        return await future
-
-    async def _batch_loop(self, queue: asyncio.Queue[tuple[str, asyncio.Future[T]]]) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = [await queue.get()]
-            deadline = loop.time() + self.max_wait_s
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(await asyncio.wait_for(queue.get(), max(0.0, deadline - loop.time())))
-                except TimeoutError:
-                    break
-            try:
-                results = await self.run([text for text, _ in batch])
-            except Exception as exc:  # every waiter sees the failure; the loop keeps serving
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for result, (_, future) in zip(results, batch, strict=True):
-                if not future.done():
-                    future.set_result(result)
-
-    def close(self) -> None:
-        if self._worker is not None and self._loop is not None and not self._loop.is_closed():
-            self._worker.cancel()
-        self._worker = self._queue = self._loop = None
-        self.executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _option(options: dict[str, Any], key: str, env: str, default: Any) -> Any:
@@ -232,7 +171,9 @@ class RouteLLMBertClassifier(Classifier):
 
     async def start(self) -> None:
         await asyncio.to_thread(self.load)
-        self._batcher = MicroBatcher(lambda texts: list(self.logits(texts)), self.max_batch, self.max_wait_ms)
+        self._batcher = MicroBatcher(
+            lambda texts: list(self.logits(texts)), self.max_batch, self.max_wait_ms, name="routellm"
+        )
         await self._batcher.run(["warm up"])  # first call pays lazy init, not a request
 
     async def close(self) -> None:

@@ -21,6 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--fast-layers", action="store_true", help="length classifier and no cache (no MiniLM load)"
     )
+    parser.add_argument(
+        "--cache-max-entries",
+        type=int,
+        default=defaults.cache_max_entries,
+        help="cap the cache so it is full early (0: the gateway default)",
+    )
     parser.add_argument("--durability", choices=["batched", "strict"], default=defaults.durability)
     parser.add_argument("--max-rss-slope", type=float, default=defaults.max_rss_slope_mib_per_min)
     parser.add_argument("--seed", type=int, default=defaults.seed)
@@ -36,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         speedup=args.speedup,
         full_layers=not args.fast_layers,
         durability=args.durability,
+        cache_max_entries=args.cache_max_entries or None,
         max_rss_slope_mib_per_min=args.max_rss_slope,
         seed=args.seed,
         out=args.out or None,
