@@ -138,19 +138,28 @@ class Exchange:
         self.finish_reason = choices[0].get("finish_reason")
         return body
 
-    async def cache_store(self, body: dict[str, Any]) -> None:
+    def start_cache_store(self, body: dict[str, Any]) -> None:
+        """Store a complete answer in the background: the client does not wait for the write.
+
+        The cache hears of the store at once (``storing``), so the same question asked again right
+        away waits for it instead of missing.
+        """
         cache = self.services.cache
         if cache is None or self.cache_key is None or self.caller.cache_mode in ("no-store", "no-cache"):
             return
         if self.cache.get("status") not in ("miss", "bypass") or self.model is None:
             return
+        cache.storing(self.cache_key)
+        self.services.spawn(self._cache_store(cache, self.cache_key, self.model, body))
+
+    async def _cache_store(self, cache: Any, key: Any, model: ModelSpec, body: dict[str, Any]) -> None:
         try:
             await cache.store(
-                self.cache_key,
+                key,
                 self.prompt,
                 strip_routing(body),
-                model=self.model.name,
-                capability=self.model.capability,
+                model=model.name,
+                capability=model.capability,
                 request_id=self.request_id,
                 cost_usd=self.cost() if self.usage else None,
             )
@@ -376,7 +385,7 @@ async def complete(services: Services, request: ChatCompletionRequest, caller: C
             body = exchange.finish_body(cached)
         else:
             body = exchange.finish_body(await exchange.call())
-            await exchange.cache_store(body)
+            exchange.start_cache_store(body)
     except CompassError as exc:
         exchange.fail(exc)
         if exchange.decision is not None:

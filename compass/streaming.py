@@ -171,7 +171,7 @@ async def upstream_stream(
         if completed and exchange.status == 200:
             body = acc.completion(exchange.request_id, model_name)
             body["usage"] = exchange.usage
-            exchange.services.spawn(exchange.cache_store(body))
+            exchange.start_cache_store(body)
 
 
 def broke_mid_stream(exchange: Exchange) -> None:

@@ -67,6 +67,14 @@ class ResponseCache(abc.ABC):
         omitted the cache reads it from the producing request's history row on the first hit.
         """
 
+    def storing(self, key: CacheKey) -> None:
+        """Announce a ``store`` of ``key`` that will run in the background (optional).
+
+        The gateway answers before the store finishes; a cache may let lookups of the same key
+        wait for it, so a client that repeats a question at once still gets the stored answer.
+        """
+        return None
+
     async def evict_request(self, request_id: str) -> int:
         """Evict entries produced by or served for ``request_id`` (negative feedback)."""
         return 0

@@ -83,6 +83,19 @@ DEFAULTS: dict[str, Any] = {
 }
 CAPABILITY_EPS = 1e-9
 MAX_GLOBAL_K = 1024  # candidates fetched from the shared index for one scope among many
+# How long a repeat waits for the same question's answer that is being stored: less than an
+# upstream call takes, more than a store takes unless the embedder is backed up.
+STORE_WAIT_S = 2.0
+
+
+class _InFlight:
+    """Background stores of one exact key: resolved when the last of them ends."""
+
+    __slots__ = ("count", "done")
+
+    def __init__(self, done: asyncio.Future[None]) -> None:
+        self.count = 0
+        self.done = done
 
 
 class SemanticCache(ResponseCache):
@@ -122,6 +135,7 @@ class SemanticCache(ResponseCache):
         self._next_vector_id = 1
         self._saver: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._storing: dict[str, _InFlight] = {}  # exact hash -> the stores of it in flight
         self._last_sweep = 0.0
 
     # -- start and stop ------------------------------------------------------------------------
@@ -209,6 +223,9 @@ class SemanticCache(ResponseCache):
             return None
 
     async def _lookup(self, key: CacheKey, prompt: Prompt, min_capability: float) -> CacheHit | None:
+        pending = self._storing.get(key.exact)
+        if pending is not None:  # the same question's answer is being stored right now
+            await asyncio.wait([pending.done], timeout=STORE_WAIT_S)
         now = self.clock()
         self.counters.count(key.tenant, "lookups")
         expired: list[Entry] = []
@@ -224,7 +241,7 @@ class SemanticCache(ResponseCache):
                 if hit is not None:
                     return hit
         if self.semantic and self._semantic_ok(key.query) and self.entries.scope_size(key.scope):
-            vector = await self._embedding(key, prompt)
+            vector = await self._embedding(key, prompt, wait=self.embed_wait_s)
             for entry, score in self._candidates(key.scope, vector):
                 if entry.tenant != key.tenant:
                     continue
@@ -251,11 +268,13 @@ class SemanticCache(ResponseCache):
     def _expired(self, entry: Entry, now: float) -> bool:
         return self.ttl_s is not None and now - entry.created_at >= self.ttl_s
 
-    async def _embedding(self, key: CacheKey, prompt: Prompt) -> np.ndarray:
-        """The request's shared embedding (computed once per request, also used by Layer 1)."""
+    async def _embedding(self, key: CacheKey, prompt: Prompt, wait: float | None) -> np.ndarray:
+        """The request's shared embedding (computed once per request, also used by Layer 1).
+
+        A lookup waits at most ``wait`` seconds (``embed_wait_ms``); a store waits as long as it takes.
+        """
         import numpy as np
 
-        wait = self.embed_wait_s
         if prompt.has_embedder or self.embedder is None:
             # computed already, or now (raises without embedder); shared, so a timeout here
             # leaves the computation running for the store
@@ -349,10 +368,37 @@ class SemanticCache(ResponseCache):
         request_id: str,
         cost_usd: float | None = None,
     ) -> str | None:
+        try:
+            return await self._store(key, prompt, response, model, capability, request_id, cost_usd)
+        finally:
+            pending = self._storing.get(key.exact)
+            if pending is not None:
+                pending.count -= 1
+                if pending.count <= 0:
+                    del self._storing[key.exact]
+                    pending.done.set_result(None)
+
+    def storing(self, key: CacheKey) -> None:
+        """A store of ``key`` is about to run in the background: lookups of it wait for it briefly."""
+        pending = self._storing.get(key.exact)
+        if pending is None:
+            pending = self._storing[key.exact] = _InFlight(asyncio.get_running_loop().create_future())
+        pending.count += 1
+
+    async def _store(
+        self,
+        key: CacheKey,
+        prompt: Prompt,
+        response: dict[str, Any],
+        model: str,
+        capability: float,
+        request_id: str,
+        cost_usd: float | None,
+    ) -> str | None:
         if self.refusal(response) is not None:
             self.counters.count(key.tenant, "store_refused")
             return None
-        vector = await self._embedding(key, prompt)
+        vector = await self._embedding(key, prompt, wait=None)  # in the background: no budget
         if vector.shape != (self.dim,):
             raise ValueError(f"embedding of shape {vector.shape}, expected ({self.dim},)")
         usage = response.get("usage") or {}
@@ -409,6 +455,8 @@ class SemanticCache(ResponseCache):
 
     async def evict_request(self, request_id: str) -> int:
         """Evict what ``request_id`` produced and the entry it was served from (negative feedback)."""
+        if self._storing:  # the answer may still be on its way into the cache
+            await asyncio.wait([p.done for p in self._storing.values()], timeout=5.0)
         ids = set(self.entries.by_request.get(request_id, ()))
         served = await self.db.run(store.served_entry, request_id)
         if served:
