@@ -149,7 +149,7 @@ class Exchange:
             return
         if self.cache.get("status") not in ("miss", "bypass") or self.model is None:
             return
-        cache.storing(self.cache_key)
+        cache.storing(self.cache_key, self.request_id)
         self.services.spawn(self._cache_store(cache, self.cache_key, self.model, body))
 
     async def _cache_store(self, cache: Any, key: Any, model: ModelSpec, body: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ from compass.services import Services
 from compass.wire import ChatCompletionRequest, message_text
 from layers.bandit.base import COST_WEIGHT_PRESETS, Selection, SelectionContext
 from layers.classifier.base import Classification
-from layers.types import ModelSpec, Prompt
+from layers.types import EmbedderBusy, ModelSpec, Prompt
 
 log = logging.getLogger("compass.routing")
 
@@ -78,6 +78,8 @@ async def classify(services: Services, prompt: Prompt) -> tuple[Classification, 
         return result, "classifier"
     except TimeoutError:
         reason = "fallback:timeout"
+    except EmbedderBusy:  # overloaded: shed quietly, the method says so
+        reason = "fallback:busy"
     except Exception as exc:  # a request never fails because Layer 1 did
         log.warning("classifier %s failed: %s", classifier.name, exc)
         reason = "fallback:error"

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from layers.types import EmbedderBusy
+
 
 def default_model_path() -> str:
     """The bundled all-MiniLM-L6-v2 directory (384-d)."""
@@ -23,6 +25,9 @@ def default_model_path() -> str:
 
 class Embedder:
     """L2-normalised float32 sentence embeddings, batched across concurrent requests.
+
+    The backlog is bounded (``max_queue``): past it ``embed`` raises ``EmbedderBusy`` at once,
+    so an overloaded server sheds embedding work instead of queueing it without end.
 
     One torch thread by default: on a small machine a second thread for a 15 ms forward pass costs
     more in contention with the event loop than it saves (measured: ~400 ms p50 with two busy
@@ -38,6 +43,7 @@ class Embedder:
         max_wait_ms: float = 2.0,
         threads: int | None = 1,
         encode_batch: int = 8,
+        max_queue: int = 256,
     ) -> None:
         self.model_path = model_path or default_model_path()
         self.device = device
@@ -45,6 +51,8 @@ class Embedder:
         self.max_wait_s = max_wait_ms / 1000.0
         self.threads = threads
         self.encode_batch = encode_batch
+        self.max_queue = max_queue  # texts waiting; ~5 s of work at ~50/s on 2 CPU cores
+        self.rejected = 0
         self._model: Any = None
         self._load_lock = threading.Lock()
         self._queue: asyncio.Queue[tuple[str, asyncio.Future[np.ndarray]]] | None = None
@@ -87,6 +95,9 @@ class Embedder:
         if self._queue is None:
             self._queue = asyncio.Queue()
             self._worker = asyncio.create_task(self._batch_loop())
+        if self._queue.qsize() >= self.max_queue:
+            self.rejected += 1
+            raise EmbedderBusy(f"{self._queue.qsize()} texts already wait for the embedder")
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         await self._queue.put((texts[0], future))
         return (await future)[None, :]

@@ -47,6 +47,14 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True):
 EmbedFn = Callable[[list[str]], Awaitable["np.ndarray"]]
 
 
+class EmbedderBusy(Exception):
+    """The embedder's backlog is full: callers degrade (Layer 1 fallback, cache miss, no store).
+
+    Refusing new work at a bounded queue is what keeps memory and latency flat when requests
+    arrive faster than the embedder can encode them; waiting would only grow the backlog.
+    """
+
+
 class Prompt:
     """The request text under routing, with its embedding computed at most once.
 

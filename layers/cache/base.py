@@ -67,7 +67,7 @@ class ResponseCache(abc.ABC):
         omitted the cache reads it from the producing request's history row on the first hit.
         """
 
-    def storing(self, key: CacheKey) -> None:
+    def storing(self, key: CacheKey, request_id: str) -> None:
         """Announce a ``store`` of ``key`` that will run in the background (optional).
 
         The gateway answers before the store finishes; a cache may let lookups of the same key

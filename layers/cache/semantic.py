@@ -45,6 +45,7 @@ from layers.cache.guard import near_miss
 from layers.cache.index import single_threaded_here
 from layers.cache.keys import normalise_text
 from layers.cache.live import LiveIndex
+from layers.types import EmbedderBusy
 
 if TYPE_CHECKING:
     import numpy as np
@@ -136,6 +137,7 @@ class SemanticCache(ResponseCache):
         self._saver: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._storing: dict[str, _InFlight] = {}  # exact hash -> the stores of it in flight
+        self._storing_requests: dict[str, _InFlight] = {}  # request id -> its store in flight
         self._last_sweep = 0.0
 
     # -- start and stop ------------------------------------------------------------------------
@@ -215,6 +217,10 @@ class SemanticCache(ResponseCache):
             return await self._lookup(key, prompt, min_capability)
         except TimeoutError:  # the embedder is backed up: answer now, the store still gets the vector
             self.counters.count(key.tenant, "embed_timeouts")
+            self.counters.count(key.tenant, "misses")
+            return None
+        except EmbedderBusy:  # the embedder's backlog is full: a miss, without queueing more
+            self.counters.count(key.tenant, "embed_busy")
             self.counters.count(key.tenant, "misses")
             return None
         except Exception:
@@ -370,7 +376,11 @@ class SemanticCache(ResponseCache):
     ) -> str | None:
         try:
             return await self._store(key, prompt, response, model, capability, request_id, cost_usd)
+        except EmbedderBusy:  # overloaded: skipping a store loses a future hit, queueing loses memory
+            self.counters.count(key.tenant, "store_skipped_busy")
+            return None
         finally:
+            self._storing_requests.pop(request_id, None)
             pending = self._storing.get(key.exact)
             if pending is not None:
                 pending.count -= 1
@@ -378,12 +388,13 @@ class SemanticCache(ResponseCache):
                     del self._storing[key.exact]
                     pending.done.set_result(None)
 
-    def storing(self, key: CacheKey) -> None:
+    def storing(self, key: CacheKey, request_id: str) -> None:
         """A store of ``key`` is about to run in the background: lookups of it wait for it briefly."""
         pending = self._storing.get(key.exact)
         if pending is None:
             pending = self._storing[key.exact] = _InFlight(asyncio.get_running_loop().create_future())
         pending.count += 1
+        self._storing_requests[request_id] = pending
 
     async def _store(
         self,
@@ -455,8 +466,9 @@ class SemanticCache(ResponseCache):
 
     async def evict_request(self, request_id: str) -> int:
         """Evict what ``request_id`` produced and the entry it was served from (negative feedback)."""
-        if self._storing:  # the answer may still be on its way into the cache
-            await asyncio.wait([p.done for p in self._storing.values()], timeout=5.0)
+        pending = self._storing_requests.get(request_id)
+        if pending is not None:  # its answer may still be on its way into the cache
+            await asyncio.wait([pending.done], timeout=5.0)
         ids = set(self.entries.by_request.get(request_id, ()))
         served = await self.db.run(store.served_entry, request_id)
         if served:
