@@ -134,7 +134,7 @@ async def health(services: Services) -> dict[str, Any]:
             },
             "selector": {"backend": services.selector.name if services.selector else None},
             "cache": services.cache.stats() if services.cache else {"backend": None, "enabled": False},
-            "embedder": {"loaded": services.embedder is not None},
+            "embedder": embedder_health(services.embedder),
         },
         "history": {
             "pending": history.pending if history else 0,
@@ -248,3 +248,15 @@ ROUTE_HANDLERS = [
     predict,
     *ADMIN_HANDLERS,
 ]
+
+
+def embedder_health(embedder: Any) -> dict[str, Any]:
+    """Whether the MiniLM is loaded, its backlog and how many embeddings it refused (overload)."""
+    if embedder is None:
+        return {"loaded": False}
+    return {
+        "loaded": True,
+        "queued": embedder.queued,
+        "max_queue": embedder.max_queue,
+        "rejected": embedder.rejected,
+    }

@@ -88,6 +88,11 @@ class Embedder:
         )
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
+    @property
+    def queued(self) -> int:
+        """Texts waiting for a forward pass (not counting the batch being encoded)."""
+        return self._queue.qsize() if self._queue is not None else 0
+
     async def embed(self, texts: list[str]) -> np.ndarray:
         """Async encode; single texts from concurrent requests share one forward pass."""
         if len(texts) != 1:

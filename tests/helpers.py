@@ -46,5 +46,3 @@ def make_settings(home: Path, models: list[dict[str, Any]] | None = None, **over
         values["models"] = models
     values.update(overrides)
     return load_settings(None, environ={}, overrides=values)
-
-

@@ -98,6 +98,8 @@ def test_gateway_sheds_embedding_work_when_the_embedder_is_busy(tmp_path: Path) 
         assert shed.headers["x-compass-cache"] == "miss"
         stats = wait_for(client, "store_skipped_busy", 1)
         assert stats["embed_busy"] == 1 and stats["entries"] == 1 and stats["stores"] == 1
+        embedder = client.get("/health").json()["layers"]["embedder"]
+        assert embedder["loaded"] and embedder["max_queue"] == 0 and embedder["rejected"] >= 2
 
         services.embedder.max_queue = 256  # load gone: the same question is classified and stored
         mock.enqueue("Use reversed() or slicing.")
