@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 from litestar import Litestar, Request, Response
 from litestar.di import Provide
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
@@ -80,7 +80,9 @@ def http_error_handler(_: Request, exc: HTTPException) -> Response:
         status, ("invalid_request_error" if status < 500 else "api_error", None)
     )
     message = str(exc.detail)
-    if status == 400 and "JSON" in message:
+    # Litestar turns a body msgspec cannot decode into a 400 whose cause is a SerializationException
+    # (since 2.25 also for non-UTF-8 bytes, which no longer reach undecodable_body_handler).
+    if status == 400 and ("JSON" in message or isinstance(exc.__cause__, SerializationException)):
         message, code = f"We could not parse the JSON body of your request: {message}", "invalid_json"
     return _json_response(status, error_body(message, error_type, None, code), exc.headers)
 
