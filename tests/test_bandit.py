@@ -100,6 +100,25 @@ def test_fitted_priors_file_overrides_tier_prior(tmp_path) -> None:
     assert a[1] / (a[1] + b[1]) == pytest.approx(0.85)  # unnamed pairs keep the tier prior
 
 
+def _priors_file(tmp_path, weight: float) -> str:
+    path = tmp_path / f"priors_{weight:.0f}.json"
+    prior = {"alpha": 1.0 + 0.7 * weight, "beta": 1.0 + 0.3 * weight}
+    path.write_text(json.dumps({"contexts": {"simple": {"small": prior}}}))
+    return str(path)
+
+
+def test_heavy_fitted_prior_under_a_half_life_is_warned_about(tmp_path, caplog) -> None:
+    """A half-life fades only live rewards; a prior of thousands of train rows would never let go."""
+    with caplog.at_level("WARNING", logger="compass.bandit"):
+        ThompsonSelector({"priors_path": _priors_file(tmp_path, 5000), "half_life_s": 3600.0}, POOL)
+    assert "compass train --cap 100" in caplog.text and "5000 observations" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="compass.bandit"):
+        ThompsonSelector({"priors_path": _priors_file(tmp_path, 100), "half_life_s": 3600.0}, POOL)
+        ThompsonSelector({"priors_path": _priors_file(tmp_path, 5000)}, POOL)  # no half-life: no conflict
+    assert caplog.text == ""
+
+
 def test_half_life_discounts_old_observations() -> None:
     sel = ThompsonSelector({"half_life_s": 100.0, "prior_strength": 2.0}, POOL)
     a0, _ = sel.posterior("medium")

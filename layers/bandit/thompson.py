@@ -34,6 +34,7 @@ Every row is always a draw from the current posteriors, so each estimate stays u
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -47,6 +48,8 @@ from layers.classifier.base import Classification
 from layers.types import TIER_INDEX, TIERS, ModelSpec
 
 __all__ = ["COST_WEIGHT_PRESETS", "ThompsonSelector", "tier_prior_mean"]
+
+log = logging.getLogger("compass.bandit")
 
 DEFAULTS: dict[str, Any] = {
     "context": "tier",  # tier | tier_task
@@ -71,6 +74,8 @@ DEFAULTS: dict[str, Any] = {
 _FRESH_DRAWS_MAX = 1024
 # Rescale the decay reference once the newest event is this many half-lives past it (2^256 is safe).
 _RESCALE_HALF_LIVES = 256.0
+# Fitted priors heavier than this (pseudo-observations per arm) outweigh a half-life's live evidence.
+HEAVY_PRIOR = 300.0
 
 
 def tier_prior_mean(request_tier: str, model: ModelSpec, options: dict[str, Any]) -> float:
@@ -151,6 +156,7 @@ class ThompsonSelector(Selector):
         self._index: dict[str, int] = {m.name: i for i, m in enumerate(self.pool)}
         self._specs: dict[str, ModelSpec] = {m.name: m for m in self.pool}
         self._fitted = self._load_priors(self.options["priors_path"])
+        self._warn_heavy_prior_under_decay()
         self._prior_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._cand_cache: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self.reset()
@@ -227,6 +233,22 @@ class ThompsonSelector(Selector):
         return 2.0 ** ((self._t_ref - now) / self.half_life)
 
     # ---- priors ------------------------------------------------------------------------------
+
+    def _warn_heavy_prior_under_decay(self) -> None:
+        """The half-life fades live rewards, never the fitted prior: a prior worth thousands of
+        train rows then pulls every posterior back to the benchmark, and the bandit adapts to a
+        regressed model more slowly than with no half-life at all (ops/bench/drift_replay.py)."""
+        if self.half_life is None or not self._fitted:
+            return
+        heaviest = max(a + b - 2.0 for models in self._fitted.values() for a, b in models.values())
+        if heaviest > HEAVY_PRIOR:
+            log.warning(
+                "selector: half_life_s is set but the fitted priors in %s count up to %.0f observations "
+                "per model; the half-life fades only live rewards, so routing will keep returning to "
+                "the train data. Refit with `compass train --cap 100` to let live feedback win.",
+                self.options["priors_path"],
+                heaviest,
+            )
 
     @staticmethod
     def _load_priors(path: str | None) -> dict[str, dict[str, tuple[float, float]]]:

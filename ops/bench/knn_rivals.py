@@ -109,6 +109,8 @@ class Case:
         prep = prepare(ReplayOptions(dataset=name))
         data = prep["data"]
         self.name = name
+        self.data, self.models = data, data.models
+        self.cls_tr, self.cls_te = prep["train_cls"], prep["test_cls"]
         self.tr, self.te = prep["train_vecs"], prep["test_vecs"]
         self.rtr, self.rte = data.train.rewards, data.test.rewards
         self.keys_tr = [f"{c.tier}:{c.task_type or 'general'}" for c in prep["train_cls"]]
