@@ -240,7 +240,9 @@ class ThompsonSelector(Selector):
         regressed model more slowly than with no half-life at all (ops/bench/drift_replay.py)."""
         if self.half_life is None or not self._fitted:
             return
-        heaviest = max(a + b - 2.0 for models in self._fitted.values() for a, b in models.values())
+        heaviest = max(
+            (a + b - 2.0 for models in self._fitted.values() for a, b in models.values()), default=0.0
+        )
         if heaviest > HEAVY_PRIOR:
             log.warning(
                 "selector: half_life_s is set but the fitted priors in %s count up to %.0f observations "
