@@ -63,6 +63,33 @@ async def test_a_full_backlog_is_refused_at_once_and_what_was_queued_still_compl
         await embedder.close()
 
 
+async def test_texts_that_queue_during_a_batch_share_the_next_one() -> None:
+    """Continuous batching (no window by default): a lone text goes at once, and everything that
+    queued while it was encoded goes together in the next forward pass."""
+    embedder = Embedder()
+    assert embedder.max_wait_s == 0.0
+    blocked = BlockedEncoder()
+    sizes: list[int] = []
+
+    def recording(texts: list[str], batch_size: int = 64) -> np.ndarray:
+        sizes.append(len(texts))
+        return blocked(texts, batch_size)
+
+    embedder.encode = recording  # type: ignore[method-assign]
+    try:
+        first = asyncio.ensure_future(embedder.embed(["alone"]))
+        while not blocked.started.is_set():
+            await asyncio.sleep(0.005)
+        followers = [asyncio.ensure_future(embedder.embed([f"follower {i}"])) for i in range(5)]
+        await asyncio.sleep(0.01)
+        blocked.release.set()
+        vectors = await asyncio.wait_for(asyncio.gather(first, *followers), 10)
+        assert sizes == [1, 5] and [v.shape for v in vectors] == [(1, 384)] * 6
+    finally:
+        blocked.release.set()
+        await embedder.close()
+
+
 def wait_for(client: TestClient, counter: str, value: int) -> dict[str, Any]:
     """Cache writes run after the response: poll ``/admin/api/cache`` until ``counter`` gets there."""
     deadline = time.monotonic() + 10

@@ -1,6 +1,6 @@
 """Gateway overhead over calling the fake upstream directly, measured side by side in one run.
 
-    python -m ops.bench.overhead [--requests 400] [--concurrency 1 32] [--quick]
+    python -m ops.bench.overhead [--requests 400] [--concurrency 1 32] [--quick | --embedder-wait-ab]
 
 The fake upstream and each gateway run as separate processes on loopback; the load client is
 aiohttp. For every concurrency the same request mix goes (a) straight to the fake upstream and
@@ -37,6 +37,18 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+def embedder_wait_variants() -> dict[str, dict[str, Any]]:
+    """The MiniLM embedder's batching window, A/B/A/B: 2 ms (the old default) vs 0 (continuous)."""
+    return {
+        f"MiniLM layer 1, embedder max_wait_ms {wait:g} (#{rep})": {
+            "classifier": {"backend": "embedding", "options": {"embedder": {"max_wait_ms": wait}}},
+            "cache": {"enabled": False},
+        }
+        for rep in (1, 2)
+        for wait in (2.0, 0.0)
+    }
+
+
 def body(i: int, model: str) -> dict[str, Any]:
     return {
         "model": model,
@@ -61,6 +73,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--stream", action="store_true", help="also measure streaming requests")
     parser.add_argument("--quick", action="store_true", help="only the layer-1-off variant")
+    parser.add_argument(
+        "--embedder-wait-ab", action="store_true", help="instead: the embedder's batching window, 2 ms vs 0"
+    )
     args = parser.parse_args()
     behaviour = FakeModelBehaviour(latency_ms=0.0, tokens_per_s=0.0)
     fake = spawn_fake_upstream(FakeUpstreamConfig(models={name: behaviour for name in MODELS}), port=0)
@@ -77,6 +92,8 @@ def main() -> None:
         for name, (tier, p_in, p_out) in MODELS.items()
     ]
     variants = dict(list(VARIANTS.items())[:1]) if args.quick else VARIANTS
+    if args.embedder_wait_ab:
+        variants = embedder_wait_variants()
     modes = [False, True] if args.stream else [False]
     results: list[dict[str, Any]] = []
     try:
