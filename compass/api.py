@@ -256,6 +256,7 @@ def embedder_health(embedder: Any) -> dict[str, Any]:
         return {"loaded": False}
     return {
         "loaded": True,
+        "runtime": embedder.runtime,
         "queued": embedder.queued,
         "max_queue": embedder.max_queue,
         "rejected": embedder.rejected,

@@ -254,6 +254,7 @@ def validate_settings(settings: Settings) -> None:
         raise ConfigError("storage.batch_size: must be at least 1")
     if settings.upstream.timeout_s <= 0:
         raise ConfigError("upstream.timeout_s: must be positive")
+    _validate_embedder_options(settings.classifier.options.get("embedder"))
     names = [m.name for m in settings.models]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -267,6 +268,21 @@ def validate_settings(settings: Settings) -> None:
             raise ConfigError(
                 f"models[{index}] ({model.name}).timeout_s: must not be negative (0: upstream.timeout_s)"
             )
+
+
+def _validate_embedder_options(options: Any) -> None:
+    if options is None:
+        return
+    from layers.embedding import EMBEDDER_OPTIONS, RUNTIMES
+
+    key = "classifier.options.embedder"
+    if not isinstance(options, dict):
+        raise ConfigError(f"{key}: must be a mapping of options, got {type(options).__name__}")
+    unknown = sorted(set(options) - EMBEDDER_OPTIONS)
+    if unknown:
+        raise ConfigError(f"{key}: unknown option(s) {unknown}; known: {sorted(EMBEDDER_OPTIONS)}")
+    if options.get("runtime", "auto") not in RUNTIMES:
+        raise ConfigError(f"{key}.runtime: must be one of {list(RUNTIMES)}, got {options['runtime']!r}")
 
 
 RESERVED_MODEL_NAMES = frozenset(

@@ -1,6 +1,7 @@
 """Gateway overhead over calling the fake upstream directly, measured side by side in one run.
 
-    python -m ops.bench.overhead [--requests 400] [--concurrency 1 32] [--quick | --embedder-wait-ab]
+    python -m ops.bench.overhead [--requests 400] [--concurrency 1 32] [--stream]
+                                 [--quick | --ab embedder-wait | --ab embedder-runtime]
 
 The fake upstream and each gateway run as separate processes on loopback; the load client is
 aiohttp. For every concurrency the same request mix goes (a) straight to the fake upstream and
@@ -37,16 +38,22 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def embedder_wait_variants() -> dict[str, dict[str, Any]]:
-    """The MiniLM embedder's batching window, A/B/A/B: 2 ms (the old default) vs 0 (continuous)."""
+def embedder_ab(option: str, values: tuple[Any, Any]) -> dict[str, dict[str, Any]]:
+    """MiniLM Layer 1 (cache off) with one embedder option at two values, A/B/A/B in one run."""
     return {
-        f"MiniLM layer 1, embedder max_wait_ms {wait:g} (#{rep})": {
-            "classifier": {"backend": "embedding", "options": {"embedder": {"max_wait_ms": wait}}},
+        f"MiniLM layer 1, embedder {option} {value} (#{rep})": {
+            "classifier": {"backend": "embedding", "options": {"embedder": {option: value}}},
             "cache": {"enabled": False},
         }
         for rep in (1, 2)
-        for wait in (2.0, 0.0)
+        for value in values
     }
+
+
+AB_TESTS: dict[str, dict[str, dict[str, Any]]] = {
+    "embedder-wait": embedder_ab("max_wait_ms", (2.0, 0.0)),  # batching window vs continuous
+    "embedder-runtime": embedder_ab("runtime", ("torch", "onnx")),
+}
 
 
 def body(i: int, model: str) -> dict[str, Any]:
@@ -73,9 +80,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--stream", action="store_true", help="also measure streaming requests")
     parser.add_argument("--quick", action="store_true", help="only the layer-1-off variant")
-    parser.add_argument(
-        "--embedder-wait-ab", action="store_true", help="instead: the embedder's batching window, 2 ms vs 0"
-    )
+    parser.add_argument("--ab", choices=sorted(AB_TESTS), help="instead: an A/B/A/B of one embedder option")
     args = parser.parse_args()
     behaviour = FakeModelBehaviour(latency_ms=0.0, tokens_per_s=0.0)
     fake = spawn_fake_upstream(FakeUpstreamConfig(models={name: behaviour for name in MODELS}), port=0)
@@ -92,8 +97,8 @@ def main() -> None:
         for name, (tier, p_in, p_out) in MODELS.items()
     ]
     variants = dict(list(VARIANTS.items())[:1]) if args.quick else VARIANTS
-    if args.embedder_wait_ab:
-        variants = embedder_wait_variants()
+    if args.ab:
+        variants = AB_TESTS[args.ab]
     modes = [False, True] if args.stream else [False]
     results: list[dict[str, Any]] = []
     try:

@@ -1,6 +1,7 @@
 """Latency of the default MiniLM Layer 1 classifier, with and without the embedding, 1 and 16 callers.
 
     python -m ops.bench.classifier.embedding [--requests 200] [--concurrency 16] [--threads 1 2]
+                                             [--runtimes torch onnx]
 
 Prompts are the shipped held-out split (``data/classifier/heldout.jsonl``: chat instructions,
 MMLU, GSM8K, MATH, Arena-Hard; cycled): all of it, then only the prompts under 200 characters.
@@ -8,6 +9,8 @@ MMLU, GSM8K, MATH, Arena-Hard; cycled): all of it, then only the prompts under 2
 then reuses the vector); "head only" is the classification once the embedding exists.
 Concurrent callers share the embedder's micro-batches, as in the gateway. The paced run leaves
 idle gaps between requests, as light traffic does: torch's worker threads then have to wake up.
+Runtimes (the embedder's ``runtime`` option) run one after the other in the same process; the
+largest difference between their vectors on the prompts is printed.
 """
 
 from __future__ import annotations
@@ -58,11 +61,18 @@ async def measure(
 
 
 def row(
-    prompts: str, threads: int | str, callers: str, embed: str, latencies: list[float], wall: float
+    runtime: str,
+    prompts: str,
+    threads: int | str,
+    callers: str,
+    embed: str,
+    latencies: list[float],
+    wall: float,
 ) -> dict:
     return {
+        "runtime": runtime,
         "prompts": prompts,
-        "torch_threads": threads,
+        "threads": threads,
         "callers": callers,
         "embedding": embed,
         "n": len(latencies),
@@ -73,43 +83,67 @@ def row(
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
     import torch
 
     from layers.classifier.embedding import EmbeddingClassifier
     from layers.embedding import Embedder
 
-    embedder = Embedder()
-    embedder.load()
-    classifier = EmbeddingClassifier({}, embedder=embedder)
-    await classifier.start()
     mixed = load_texts(args.requests)
     short = [t for t in load_texts(args.requests * 4) if len(t) < 200][: args.requests]
-    rows = []
-    for prompts, texts in (("held-out mix", mixed), ("< 200 chars", short)):
-        latencies = await measure(classifier, embedder, texts, args.concurrency, embed=False)
-        rows.append(row(prompts, "-", f"1 and {args.concurrency}", "excluded (head only)", latencies, 0.0))
-    for threads in args.threads:
-        torch.set_num_threads(threads)
-        await measure(classifier, embedder, mixed[:20], 1, embed=True)  # warm up
-        for prompts, texts in (("held-out mix", mixed), ("< 200 chars", short)):
-            for concurrency in (1, args.concurrency):
-                wall = time.perf_counter()
-                latencies = await measure(classifier, embedder, texts, concurrency, embed=True)
-                wall = time.perf_counter() - wall
-                rows.append(row(prompts, threads, str(concurrency), "included", latencies, wall))
-        paced = short[: args.paced]
-        latencies = await measure(classifier, embedder, paced, 1, embed=True, pause_s=args.pause_ms / 1000)
-        rows.append(row("< 200 chars", threads, f"1, {args.pause_ms:g} ms apart", "included", latencies, 0.0))
-    await classifier.close()
-    await embedder.close()
-    return {"rows": rows, "requests": args.requests}
+    rows: list[dict[str, Any]] = []
+    vectors: dict[str, Any] = {}
+    for runtime in args.runtimes:
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            embedder = Embedder(runtime=runtime, threads=threads)
+            embedder.load()
+            assert embedder.runtime == runtime, f"asked for {runtime}, got {embedder.runtime}"
+            vectors.setdefault(runtime, embedder.encode(mixed, 8))
+            classifier = EmbeddingClassifier({}, embedder=embedder)
+            await classifier.start()
+            if not rows:
+                for prompts, texts in (("held-out mix", mixed), ("< 200 chars", short)):
+                    latencies = await measure(classifier, embedder, texts, args.concurrency, embed=False)
+                    rows.append(
+                        row(
+                            "-",
+                            prompts,
+                            "-",
+                            f"1 and {args.concurrency}",
+                            "excluded (head only)",
+                            latencies,
+                            0,
+                        )
+                    )
+            await measure(classifier, embedder, mixed[:20], 1, embed=True)  # warm up
+            for prompts, texts in (("held-out mix", mixed), ("< 200 chars", short)):
+                for concurrency in (1, args.concurrency):
+                    wall = time.perf_counter()
+                    latencies = await measure(classifier, embedder, texts, concurrency, embed=True)
+                    wall = time.perf_counter() - wall
+                    rows.append(row(runtime, prompts, threads, str(concurrency), "included", latencies, wall))
+            paced = short[: args.paced]
+            latencies = await measure(
+                classifier, embedder, paced, 1, embed=True, pause_s=args.pause_ms / 1000
+            )
+            label = f"1, {args.pause_ms:g} ms apart"
+            rows.append(row(runtime, "< 200 chars", threads, label, "included", latencies, 0.0))
+            await classifier.close()
+            await embedder.close()
+    diff = None
+    if len(vectors) > 1:
+        first, *others = vectors.values()
+        diff = max(float(np.abs(first - other).max()) for other in others)
+    return {"rows": rows, "requests": args.requests, "max_abs_diff_between_runtimes": diff}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch intra-op threads")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="intra-op threads")
+    parser.add_argument("--runtimes", nargs="+", default=["torch", "onnx"], choices=["torch", "onnx"])
     parser.add_argument("--paced", type=int, default=40, help="requests of the paced (idle gaps) run")
     parser.add_argument("--pause-ms", type=float, default=200.0, help="gap between paced requests")
     args = parser.parse_args()
@@ -119,8 +153,9 @@ def main() -> None:
     result = asyncio.run(run(args))
     result["load_average_1m"] = {"before": load_before[0], "after": os.getloadavg()[0]}
     columns = [
+        "runtime",
         "prompts",
-        "torch threads",
+        "threads",
         "callers",
         "embedding",
         "n",
@@ -128,10 +163,25 @@ def main() -> None:
         "p99 ms",
         "classifications/s",
     ]
-    keys = ["prompts", "torch_threads", "callers", "embedding", "n", "p50_ms", "p99_ms", "throughput_per_s"]
+    keys = [
+        "runtime",
+        "prompts",
+        "threads",
+        "callers",
+        "embedding",
+        "n",
+        "p50_ms",
+        "p99_ms",
+        "throughput_per_s",
+    ]
     table = [[r[k] for k in keys] for r in result["rows"]]
     print_table("Embedding classifier latency per classification (CPU)", columns, table)
     path = write_json("classifier_embedding", result)
+    if result["max_abs_diff_between_runtimes"] is not None:
+        print(
+            "largest |difference| between the runtimes' vectors: "
+            f"{result['max_abs_diff_between_runtimes']:.2e}"
+        )
     print(f"1-minute load average before/after: {load_before[0]:.2f} / {os.getloadavg()[0]:.2f}")
     print(f"wrote {path}")
 
