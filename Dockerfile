@@ -13,6 +13,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     COMPASS_HOME=/data \
     COMPASS_HOST=0.0.0.0 \
     HF_HOME=/models \
+    COMPASS_ONNX_CACHE=/models/onnx \
     LITELLM_LOCAL_MODEL_COST_MAP=True
 
 RUN useradd --create-home --uid 10001 compass \
@@ -35,6 +36,8 @@ RUN pip install . && case "${FETCH_MODELS}" in \
     esac
 
 USER compass
+# Export the MiniLM for onnxruntime now (checked against torch), so containers start without it.
+RUN python -c "from layers.embedding import Embedder; e = Embedder(); e.load(); print('MiniLM runtime:', e.runtime)"
 VOLUME ["/data"]
 EXPOSE 8402
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \

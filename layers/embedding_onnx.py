@@ -116,7 +116,16 @@ class OnnxMiniLM:
                 return
             except Exception as exc:  # a damaged or stale file: export afresh, once
                 log.warning("embedder: cached ONNX graph %s unusable (%s); exporting again", self.path, exc)
-        _export(st_model[0].auto_model, self._features(["hello world"], as_numpy=False), self.path)
+        sample = self._features(["hello world"], as_numpy=False)
+        try:
+            _export(st_model[0].auto_model, sample, self.path)
+        except OSError as exc:  # a read-only cache directory: export for this process only
+            scratch = Path(tempfile.mkdtemp(prefix="compass-onnx-")) / self.path.name
+            log.warning(
+                "embedder: cannot write %s (%s); exporting to %s for this run", self.path, exc, scratch
+            )
+            self.path = scratch
+            _export(st_model[0].auto_model, sample, self.path)
         log.info("embedder: exported the MiniLM graph for onnxruntime to %s", self.path)
         self._open()
 

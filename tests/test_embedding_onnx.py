@@ -75,6 +75,17 @@ def test_export_is_cached_and_a_damaged_file_is_exported_again(
     assert np.abs(third.encode(TEXTS[:3]) - torch_embedder.encode(TEXTS[:3])).max() < 1e-4
 
 
+def test_an_unwritable_cache_exports_for_this_process_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("COMPASS_ONNX_CACHE", str(blocker / "onnx"))  # mkdir fails even for root
+    embedder = Embedder()
+    embedder.load()
+    assert embedder.runtime == "onnx" and not (blocker / "onnx").exists()
+
+
 def test_a_pipeline_it_cannot_reproduce_falls_back_to_torch_under_auto_and_fails_under_onnx(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
