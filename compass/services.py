@@ -132,6 +132,7 @@ class Services:
             self.problems["embedder"] = f"{type(exc).__name__}: {exc}"
             log.error("the MiniLM embedder failed to load (%s); embedding classifier and cache are off", exc)
             return
+        log.info("embedder: MiniLM on %s", embedder.runtime)
         self.embedder = embedder
 
     async def _start_classifier(self) -> None:
