@@ -87,6 +87,7 @@ def _export(bert: Any, sample: dict[str, Any], path: Path) -> None:
                 opset_version=17,
                 **legacy,
             )
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; other users of a shared cache may read it
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
