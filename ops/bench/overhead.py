@@ -1,7 +1,7 @@
 """Gateway overhead over calling the fake upstream directly, measured side by side in one run.
 
     python -m ops.bench.overhead [--requests 400] [--concurrency 1 32] [--stream]
-                                 [--quick | --ab embedder-wait | --ab embedder-runtime]
+                                 [--quick | --ab embedder-wait|embedder-runtime|embedder-threads]
 
 The fake upstream and each gateway run as separate processes on loopback; the load client is
 aiohttp. For every concurrency the same request mix goes (a) straight to the fake upstream and
@@ -53,6 +53,7 @@ def embedder_ab(option: str, values: tuple[Any, Any]) -> dict[str, dict[str, Any
 AB_TESTS: dict[str, dict[str, dict[str, Any]]] = {
     "embedder-wait": embedder_ab("max_wait_ms", (2.0, 0.0)),  # batching window vs continuous
     "embedder-runtime": embedder_ab("runtime", ("torch", "onnx")),
+    "embedder-threads": embedder_ab("threads", (1, 2)),
 }
 
 
