@@ -477,3 +477,17 @@ async def test_cuda_compiled_buckets_equal_cpu(tiny: Path, nv: NvidiaClassifier)
         a, b = await gpu.classify(Prompt(text, 5)), await nv.classify(Prompt(text, 5))
         assert a.task_type == b.task_type and a.score == pytest.approx(b.score, abs=2e-2)
     await gpu.close()
+
+
+def test_compiling_allows_a_graph_for_every_shape_the_batcher_forms() -> None:
+    """CUDA graphs are per shape (power-of-two batch x length bucket); past dynamo's recompile
+    limit (8 by default) the extra shapes would quietly run uncompiled."""
+    config = torch._dynamo.config
+    before = config.recompile_limit
+    classifier = NvidiaClassifier({"max_batch": 256, "length_buckets": [32, 64, 128, 256, 512]})
+    classifier._forward = torch.nn.Linear(2, 2)  # compiled lazily: nothing runs here
+    try:
+        classifier._compile()
+        assert classifier.compiled and config.recompile_limit >= 5 * 9  # 5 buckets x batches 1..256
+    finally:
+        config.recompile_limit = before

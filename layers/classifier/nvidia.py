@@ -242,6 +242,14 @@ class NvidiaClassifier(Classifier):
         module = self._forward
         if isinstance(module, FastDeberta):
             module = TableForward(module, self.max_length).to(self.device)
+        # One graph per (power-of-two batch, length bucket); past dynamo's recompile limit (8)
+        # new shapes would silently run uncompiled, so allow every shape the batcher can form.
+        buckets = sum(1 for b in self.length_buckets if b <= self.max_length) + 1
+        shapes = buckets * (self.batcher.max_batch - 1).bit_length() + buckets
+        config = torch._dynamo.config
+        for limit in ("recompile_limit", "cache_size_limit"):
+            if hasattr(config, limit):
+                setattr(config, limit, max(int(getattr(config, limit)), shapes + 2))
         self._forward = torch.compile(module, mode="reduce-overhead", dynamic=False)
         self.compiled = True
 

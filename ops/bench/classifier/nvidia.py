@@ -114,7 +114,7 @@ def throughput(variants: dict[str, Any], batches: list[int], runs: int) -> list[
 
 
 async def backend_run(
-    model: Any, fast_path: str, callers: int, requests: int, threads: int
+    model: Any, fast_path: str, callers: int, requests: int, threads: int, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """The backend end to end: ``callers`` concurrent classify() calls over ``requests`` prompts."""
     from safetensors.torch import save_file
@@ -132,7 +132,13 @@ async def backend_run(
         state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.endswith("position_ids")}
         save_file(state, str(folder / "model.safetensors"))
         classifier = NvidiaClassifier(
-            {"path": str(folder), "fast_path": fast_path, "threads": threads, "verify_fast_path": False}
+            {
+                "path": str(folder),
+                "fast_path": fast_path,
+                "threads": threads,
+                "verify_fast_path": False,
+                **(extra or {}),
+            }
         )
         await classifier.start()
         words = "please write a short python function that explains the weather in france".split()
