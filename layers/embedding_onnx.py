@@ -12,7 +12,6 @@ or any probe off by more than ``TOLERANCE`` keeps the torch path (``Embedder.run
 from __future__ import annotations
 
 import hashlib
-import inspect
 import logging
 import os
 import tempfile
@@ -67,26 +66,16 @@ def _export(bert: Any, sample: dict[str, Any], path: Path) -> None:
             mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             return torch.nn.functional.normalize(mean, p=2.0, dim=-1)
 
-    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+    from layers.classifier.fastpath import export_text_graph
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
     os.close(fd)
     try:
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer notes about shapes the probes then verify
-            torch.onnx.export(
-                Pooled(bert).eval(),
-                (sample["input_ids"], sample["attention_mask"]),
-                tmp,
-                input_names=["input_ids", "attention_mask"],
-                output_names=["embedding"],
-                dynamic_axes={
-                    "input_ids": {0: "batch", 1: "tokens"},
-                    "attention_mask": {0: "batch", 1: "tokens"},
-                },
-                opset_version=17,
-                **legacy,
-            )
+            ids, mask = sample["input_ids"], sample["attention_mask"]
+            export_text_graph(Pooled(bert).eval(), ids, mask, tmp, "embedding")
         os.chmod(tmp, 0o644)  # mkstemp makes it private; other users of a shared cache may read it
         os.replace(tmp, path)
     finally:

@@ -180,7 +180,17 @@ def export_onnx(fast: FastDeberta, path: Path, max_length: int = 512) -> Path:
     module = TableForward(fast, max_length).eval()
     ids = torch.ones(2, 16, dtype=torch.long)
     mask = torch.ones(2, 16, dtype=torch.long)
-    # The TorchScript-based exporter: no onnxscript needed. torch < 2.5 has no ``dynamo`` argument.
+    export_text_graph(module, ids, mask, path, "logits")
+    return path
+
+
+def export_text_graph(
+    module: nn.Module, ids: torch.Tensor, mask: torch.Tensor, path: Path | str, output: str
+) -> None:
+    """ONNX export of a ``(input_ids, attention_mask) -> output`` module, batch and length dynamic.
+
+    The TorchScript-based exporter: no onnxscript needed. torch < 2.5 has no ``dynamo`` argument.
+    """
     legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     with torch.no_grad():
         torch.onnx.export(
@@ -188,7 +198,7 @@ def export_onnx(fast: FastDeberta, path: Path, max_length: int = 512) -> Path:
             (ids, mask),
             str(path),
             input_names=["input_ids", "attention_mask"],
-            output_names=["logits"],
+            output_names=[output],
             dynamic_axes={
                 "input_ids": {0: "batch", 1: "length"},
                 "attention_mask": {0: "batch", 1: "length"},
@@ -196,7 +206,6 @@ def export_onnx(fast: FastDeberta, path: Path, max_length: int = 512) -> Path:
             opset_version=17,
             **legacy,
         )
-    return path
 
 
 class OnnxRunner:

@@ -48,7 +48,7 @@ from compass.replay.simulate import stream_order
 from layers.bandit.base import RewardEvent, SelectionContext
 from layers.bandit.thompson import ThompsonSelector
 from ops.bench.common import write_json
-from ops.bench.knn_rivals import COST_WEIGHT, Case, greedy
+from ops.bench.knn_rivals import COST_WEIGHT, Case, greedy, online_knn_steps
 
 CAPS = (None, 100.0, 30.0)
 HALF_LIVES = (None, 1000.0, 300.0)
@@ -89,22 +89,7 @@ def run_knn(
 
 
 def run_knn_online(case: Case, k: int, drift: Drift, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    n, models = case.rte.shape
-    hist = np.zeros((n, case.te.shape[1]), dtype=case.te.dtype)
-    hr, ha = np.zeros(n), np.zeros(n, dtype=np.int64)
-    order = stream_order(n, seed)
-    arms = np.empty(n, dtype=np.int64)
-    for t, i in enumerate(order):
-        s_tr, s_h = case.tr @ case.te[i], hist[:t] @ case.te[i]
-        est = np.empty(models)
-        for a in range(models):
-            mask = ha[:t] == a
-            sims = np.concatenate([s_tr, s_h[mask]])
-            rew = np.concatenate([case.rtr[:, a], hr[:t][mask]])
-            est[a] = rew[np.argpartition(-sims, k - 1)[:k]].mean()
-        arms[t] = a = int(np.argmax(est - COST_WEIGHT * case.nc_te[i]))
-        hist[t], hr[t], ha[t] = case.te[i], drift.reward(case, int(i), a, t), a
-    return order, arms
+    return online_knn_steps(case, k, seed, lambda i, arm, step: drift.reward(case, i, arm, step))
 
 
 def run_thompson(

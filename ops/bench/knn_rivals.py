@@ -168,12 +168,24 @@ def thompson(
 
 def online_knn(case: Case, k: int, seed: int) -> np.ndarray:
     """Greedy kNN whose neighbours are the train prompts plus the test prompts already routed,
-    each of those with only its chosen model's reward (bandit feedback)."""
+    each of those with only its chosen model's reward (bandit feedback). Arms by test prompt."""
+    order, steps = online_knn_steps(case, k, seed, lambda i, arm, _step: float(case.rte[i, arm]))
+    arms = np.empty_like(steps)
+    arms[order] = steps
+    return arms
+
+
+def online_knn_steps(
+    case: Case, k: int, seed: int, reward: Callable[[int, int, int], float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``online_knn`` with the observed reward given by ``reward(prompt, arm, step)``:
+    (the stream order, the chosen arm per step)."""
     n, models = case.rte.shape
     hist = np.zeros((n, case.te.shape[1]), dtype=case.te.dtype)
     hr, ha = np.zeros(n), np.zeros(n, dtype=np.int64)
+    order = stream_order(n, seed)
     arms = np.empty(n, dtype=np.int64)
-    for t, i in enumerate(stream_order(n, seed)):
+    for t, i in enumerate(order):
         s_tr, s_h = case.tr @ case.te[i], hist[:t] @ case.te[i]
         est = np.empty(models)
         for a in range(models):
@@ -181,9 +193,9 @@ def online_knn(case: Case, k: int, seed: int) -> np.ndarray:
             sims = np.concatenate([s_tr, s_h[mask]])
             rew = np.concatenate([case.rtr[:, a], hr[:t][mask]])
             est[a] = rew[np.argpartition(-sims, k - 1)[:k]].mean()
-        arms[i] = a = int(np.argmax(est - COST_WEIGHT * case.nc_te[i]))
-        hist[t], hr[t], ha[t] = case.te[i], case.rte[i, a], a
-    return arms
+        arms[t] = a = int(np.argmax(est - COST_WEIGHT * case.nc_te[i]))
+        hist[t], hr[t], ha[t] = case.te[i], reward(int(i), a, t), a
+    return order, arms
 
 
 def mse(a: np.ndarray, b: np.ndarray) -> float:

@@ -152,17 +152,7 @@ def main() -> None:
     load_before = os.getloadavg()
     result = asyncio.run(run(args))
     result["load_average_1m"] = {"before": load_before[0], "after": os.getloadavg()[0]}
-    columns = [
-        "runtime",
-        "prompts",
-        "threads",
-        "callers",
-        "embedding",
-        "n",
-        "p50 ms",
-        "p99 ms",
-        "classifications/s",
-    ]
+    labels = {"p50_ms": "p50 ms", "p99_ms": "p99 ms", "throughput_per_s": "classifications/s"}
     keys = [
         "runtime",
         "prompts",
@@ -174,6 +164,7 @@ def main() -> None:
         "p99_ms",
         "throughput_per_s",
     ]
+    columns = [labels.get(k, k) for k in keys]
     table = [[r[k] for k in keys] for r in result["rows"]]
     print_table("Embedding classifier latency per classification (CPU)", columns, table)
     path = write_json("classifier_embedding", result)
