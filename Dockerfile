@@ -22,12 +22,13 @@ RUN useradd --create-home --uid 10001 compass \
 WORKDIR /app
 # torch first, pinned, from the CPU (or the chosen CUDA) index: an unpinned torch pulls a multi-GB build.
 RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY compass ./compass
 COPY layers ./layers
 COPY ops ./ops
 COPY data/classifier ./data/classifier
-RUN pip install . && case "${FETCH_MODELS}" in \
+# Every other dependency at the version the test suite ran on (torch is already the chosen build).
+RUN grep -v '^torch==' requirements.lock > /tmp/constraints.txt && pip install --constraint /tmp/constraints.txt . && case "${FETCH_MODELS}" in \
       "") ;; \
       nvidia) compass download-models --no-routellm ;; \
       routellm) compass download-models --no-nvidia ;; \

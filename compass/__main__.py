@@ -1,5 +1,5 @@
 """``python -m compass`` is the ``compass`` command."""
 
-from compass.cli import main
+from compass.cli.main import main
 
 main()

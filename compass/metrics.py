@@ -6,17 +6,23 @@ the text format for free, and it is the library every Prometheus user already kn
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from compass.services import Services
+
+class LiveSources(Protocol):
+    """What the scrape-time gauges read (``Services`` is one); metrics never imports it."""
+
+    selector: Any
+    breakers: Any
+    history: Any
+
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 LAYERS = ("classify", "select", "cache", "upstream", "routing", "total")
 
 
 class Metrics:
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: LiveSources) -> None:
         from prometheus_client import CollectorRegistry, Counter, Histogram
 
         self.services = services
@@ -90,7 +96,7 @@ class Metrics:
 class _LiveCollector:
     """Gauges read at scrape time: posterior means, circuit states, history queue depth."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: LiveSources) -> None:
         self.services = services
 
     def describe(self) -> list[Any]:

@@ -17,11 +17,11 @@ from typing import Any
 
 import msgspec
 
-from compass.breaker import Breakers
 from compass.config import Settings, configured_pool, demo_pool
 from compass.storage.db import Database
 from compass.storage.history import HistoryWriter
-from compass.upstream import Upstream, build_upstream
+from compass.upstream.base import Upstream, build_upstream
+from compass.upstream.breaker import Breakers
 from layers.bandit.base import Selector, build_selector
 from layers.cache.base import ResponseCache, build_cache
 from layers.classifier.base import Classifier, build_classifier
@@ -103,7 +103,7 @@ class Services:
     def _start_pool(self) -> None:
         pool = configured_pool(self.settings)
         if not pool:
-            from ops.fake_upstream import demo_config, spawn_fake_upstream
+            from compass.upstream.demo import demo_config, spawn_fake_upstream
 
             self.demo_upstream = spawn_fake_upstream(demo_config(), port=0)
             pool = demo_pool(self.demo_upstream.url)
@@ -183,7 +183,7 @@ class Services:
 
     async def load_reward_events(self) -> list[Any]:
         """The reward rows the selector's state is a fold over, oldest first."""
-        from compass.feedback import load_reward_events
+        from compass.storage.rewards import load_reward_events
 
         assert self.db is not None
         return await self.db.run(load_reward_events)

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from litestar.testing import TestClient
 
-from compass.app import create_app
+from compass.http.app import create_app
 from compass.services import build_services
 from compass.storage.db import Database
-from compass.upstream_mock import MockUpstream
+from compass.upstream.mock import MockUpstream
 from layers.cache.base import CacheHit, build_cache, build_index
 from layers.cache.index import deleted_path
 from layers.cache.keys import is_cacheable, make_cache_key

@@ -101,9 +101,9 @@ class GatewayThread:
     def __init__(self, home: Path) -> None:
         import uvicorn
 
-        from compass.app import create_app
+        from compass.http.app import create_app
         from compass.services import build_services
-        from compass.upstream_mock import MockUpstream
+        from compass.upstream.mock import MockUpstream
         from tests.helpers import MOCK_POOL
 
         settings = make_settings(home, MOCK_POOL)

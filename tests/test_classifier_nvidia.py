@@ -21,11 +21,11 @@ import torch
 from click.testing import CliRunner
 from litestar.testing import TestClient
 
+from compass.cli.download_models import download_models_command
 from layers.classifier.base import build_classifier
 from layers.classifier.download import (
     NVIDIA_REPO,
     ModelNotAvailable,
-    download_models_command,
     resolve_model_dir,
 )
 from layers.classifier.fastpath import FastDeberta, OnnxRunner, export_onnx
@@ -414,9 +414,9 @@ def route_method(client: TestClient) -> str:
 
 def gateway(home: Path, **overrides: Any) -> tuple[TestClient, Any]:
     """A gateway with the NVIDIA backend configured, and its services (to reach the classifier)."""
-    from compass.app import create_app
+    from compass.http.app import create_app
     from compass.services import build_services
-    from compass.upstream_mock import MockUpstream
+    from compass.upstream.mock import MockUpstream
     from tests.helpers import MOCK_POOL, make_settings
 
     settings = make_settings(home, MOCK_POOL, **{"classifier.backend": "nvidia", **overrides})

@@ -126,7 +126,7 @@ def test_upstream_timeout_is_every_model_default_and_a_model_can_override_it(tmp
 def test_compass_init_writes_a_config_that_loads_and_converts_litellm(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from compass.cli import main as cli
+    from compass.cli.main import main as cli
 
     runner = CliRunner()
     starter = tmp_path / "compass.yaml"

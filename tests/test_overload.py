@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from litestar.testing import TestClient
 
-from compass.app import create_app
+from compass.http.app import create_app
 from compass.services import build_services
-from compass.upstream_mock import MockUpstream
+from compass.upstream.mock import MockUpstream
 from layers.embedding import Embedder
 from layers.types import EmbedderBusy
 from tests.helpers import MOCK_POOL, make_settings

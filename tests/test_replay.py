@@ -18,7 +18,7 @@ import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
-from compass.cli import main
+from compass.cli.main import main
 from compass.replay.data import BUNDLE, load_dataset
 from compass.replay.history import evaluate_history, read_history
 from compass.replay.policies import (

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from litestar.testing import TestClient
 
-from compass.app import create_app
-from compass.keys import KEY_PREFIX, any_keys_configured, create_key
+from compass.http.app import create_app
 from compass.services import build_services
 from compass.storage.db import Database
-from compass.upstream_mock import MockUpstream
+from compass.storage.keys import KEY_PREFIX, any_keys_configured, create_key
+from compass.upstream.mock import MockUpstream
 from tests.helpers import MOCK_POOL, make_settings
 
 CHAT = "/v1/chat/completions"

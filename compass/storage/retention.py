@@ -23,12 +23,22 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from compass.storage.history import utcnow
 
 if TYPE_CHECKING:
-    from compass.services import Services
+    from compass.config import Settings
+    from compass.storage.db import Database
+
+
+class RetentionSources(Protocol):
+    """What the purge needs from the gateway (``Services`` is one); storage never imports it."""
+
+    settings: Settings
+    db: Database | None
+    cache: Any
+
 
 log = logging.getLogger("compass.retention")
 
@@ -83,7 +93,7 @@ def purge_expired(con: Any, cutoff: dt.datetime, store_content: str = "full") ->
 class RetentionTask:
     """The periodic purge for one gateway; does nothing when ``retention_days`` is not set."""
 
-    def __init__(self, services: Services, interval_s: float | None = None) -> None:
+    def __init__(self, services: RetentionSources, interval_s: float | None = None) -> None:
         self.services = services
         days = services.settings.storage.retention_days
         self.retention_s = float(days) * 86400 if days is not None and days > 0 else None

@@ -45,7 +45,7 @@ async def in_process(url: str, calls: int, rounds: int) -> dict[str, list[float]
     import aiohttp
     import openai
 
-    from compass.upstream import LiteLLMUpstream
+    from compass.upstream.litellm_client import LiteLLMUpstream
 
     model = ModelSpec(name="m", litellm_model="openai/m", api_base=url, api_key="k", tier="simple")
     direct, via_litellm = LiteLLMUpstream(direct=True), LiteLLMUpstream(direct=False)

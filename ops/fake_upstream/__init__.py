@@ -1,11 +1,17 @@
-"""A fake OpenAI-compatible LLM server: the one stand-in the tests, benchmarks and demo use.
+"""The fake upstream for tests and benchmarks: the demo upstream plus test-only knobs.
 
-Latency, streaming speed, errors, timeouts and broken streams on demand, per model, from
-``FakeModelBehaviour`` or from ``[[fake:...]]`` directives in a prompt (see ``answers``).
+The server itself is product code (``compass.upstream.demo``: it serves the demo pool); what only
+tests and benchmarks need, such as models that answer instantly, lives here.
 """
 
-from ops.fake_upstream.config import FakeModelBehaviour, FakeUpstreamConfig, demo_config, instant_config
-from ops.fake_upstream.runner import FakeUpstream, SpawnedFakeUpstream, spawn_fake_upstream
+from compass.upstream.demo import (
+    FakeModelBehaviour,
+    FakeUpstream,
+    FakeUpstreamConfig,
+    SpawnedFakeUpstream,
+    demo_config,
+    spawn_fake_upstream,
+)
 
 __all__ = [
     "FakeModelBehaviour",
@@ -16,3 +22,9 @@ __all__ = [
     "instant_config",
     "spawn_fake_upstream",
 ]
+
+
+def instant_config(*names: str) -> FakeUpstreamConfig:
+    """Models that answer at once: for benchmarks that measure the gateway, not the model."""
+    behaviour = FakeModelBehaviour(latency_ms=0.0, tokens_per_s=0.0)
+    return FakeUpstreamConfig(models={name: behaviour for name in names})

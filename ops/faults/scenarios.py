@@ -163,7 +163,7 @@ async def all_down(rig: Rig, options: FaultOptions) -> list[Verdict]:
         },
         seed=options.seed,
     )
-    from compass.chat import RETRY_BACKOFF_S
+    from compass.pipeline.exchange import RETRY_BACKOFF_S
 
     attempts = (MAX_RETRIES + 1) * len(POOL_SHAPE)  # x (chosen + max_fallback_models)
     backoff_s = sum(RETRY_BACKOFF_S * 2**a for a in range(MAX_RETRIES)) * len(POOL_SHAPE)

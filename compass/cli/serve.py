@@ -1,0 +1,80 @@
+"""``compass serve``: start the gateway (the demo upstream when no provider key is set)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from compass.cli.common import LOOPBACK_HOSTS, load_or_exit, setup_logging
+from compass.config import DEFAULT_PORT, Settings
+
+
+@click.command()
+@click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help=f"Port (default {DEFAULT_PORT}).")
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False),
+    default=None,
+    envvar="COMPASS_CONFIG",
+    help="compass.yaml (default: ./compass.yaml if present).",
+)
+@click.option(
+    "--allow-public-without-keys",
+    is_flag=True,
+    default=False,
+    help="Bind a non-loopback address although no API keys are configured.",
+)
+def serve(host: str | None, port: int | None, config: str | None, allow_public_without_keys: bool) -> None:
+    """Start the gateway (demo upstream when no provider key is set)."""
+    import uvicorn
+
+    from compass.http.app import create_app
+
+    if config is None and Path("compass.yaml").exists():
+        config = "compass.yaml"
+    settings = load_or_exit(config, **{"server.host": host, "server.port": port})
+    setup_logging(settings.server.log_level, settings.server.json_logs)
+    check_bind(settings, allow_public_without_keys)
+    log = logging.getLogger("compass")
+    log.info(
+        "LLM Compass listening on http://%s:%d (home %s)",
+        settings.server.host,
+        settings.server.port,
+        settings.home_path.resolve(),
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=15,
+    )
+
+
+def keys_configured(settings: Settings) -> bool:
+    try:
+        from compass.storage.keys import any_keys_configured
+    except ModuleNotFoundError:
+        return False
+    return any_keys_configured(settings)
+
+
+def check_bind(settings: Settings, allow_public: bool) -> None:
+    host = settings.server.host
+    if host in LOOPBACK_HOSTS or host.startswith("127."):
+        if not keys_configured(settings):
+            logging.getLogger("compass").info(
+                "local mode: no API keys configured, so every endpoint is open and the server binds "
+                "to loopback only"
+            )
+        return
+    if not keys_configured(settings) and not (allow_public or settings.server.allow_public_without_keys):
+        raise click.ClickException(
+            f"refusing to bind {host} with no API keys configured: anyone could use your providers. "
+            "Create keys with `compass keys create --tenant NAME`, or pass --allow-public-without-keys."
+        )

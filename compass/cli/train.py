@@ -1,0 +1,105 @@
+"""``compass train``: fit Layer 2's Beta priors on a data set's train split, for ``priors_path``.
+
+    compass train --data routerbench --out priors.json --rename gpt-4-1106-preview=gpt-4o
+
+then in compass.yaml::
+
+    selector:
+      backend: thompson
+      options: {priors_path: priors.json}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from compass.cli.replay import _clean, progress_bars
+
+
+def _renames(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        old, sep, new = pair.partition("=")
+        if not sep or not old or not new:
+            raise click.BadParameter(f"--rename takes DATASET_MODEL=POOL_MODEL, got {pair!r}")
+        out[old] = new
+    return out
+
+
+@click.command("train")
+@click.option(
+    "--data",
+    "data",
+    default="routerbench",
+    show_default=True,
+    help="routerbench, split2, routellm, bundle, or a bundle file.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    envvar="COMPASS_SHARED_DATA",
+    help="Folder of the shared data sets (default ../shared/data next to the repo).",
+)
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default="priors.json", show_default=True)
+@click.option(
+    "--classifier",
+    default="embedding",
+    show_default=True,
+    help="Layer 1 backend that labels the train prompts (use the gateway's).",
+)
+@click.option(
+    "--context",
+    type=click.Choice(["tier", "tier_task"]),
+    default="tier",
+    show_default=True,
+    help="The selector's 'context' option the priors are for.",
+)
+@click.option(
+    "--cap",
+    type=float,
+    default=None,
+    help="Count the train rows as at most this many observations per context (default: all).",
+)
+@click.option("--rename", multiple=True, help="DATASET_MODEL=POOL_MODEL; repeat for each model.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+def train_command(
+    data: str,
+    data_dir: str | None,
+    out_path: str,
+    classifier: str,
+    context: str,
+    cap: float | None,
+    rename: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Fit per (context, model) Beta priors from a TRAIN split and write the selector's priors JSON."""
+    from compass.replay.train import train_priors
+
+    try:
+        with progress_bars(True) as progress:
+            doc = train_priors(data, data_dir, classifier, context, cap, _renames(rename), progress)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    path = Path(out_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_clean(doc), indent=1), encoding="utf-8")
+    summary = {
+        "wrote": str(path),
+        "contexts": len(doc["contexts"]),
+        "models": len(next(iter(doc["contexts"].values()), {})),
+        **{k: doc["source"][k] for k in ("dataset", "split", "prompts", "classifier", "context_mode")},
+        "rows_per_context": doc["source"]["rows_per_context"],
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=1))
+        return
+    click.echo(
+        f"wrote {path}: {summary['contexts']} contexts x {summary['models']} models, fitted on the "
+        f"{summary['split']} split of {summary['dataset']} ({summary['prompts']} prompts, "
+        f"classifier {summary['classifier']})"
+    )
+    click.echo(f"use it with selector.options.priors_path: {path}")

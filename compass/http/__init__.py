@@ -1,0 +1,1 @@
+"""The HTTP edge: the app factory, route handlers, admin API and page, auth, error mapping."""

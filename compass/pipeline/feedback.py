@@ -1,0 +1,136 @@
+"""Rewards for Layer 2: ``POST /feedback`` and upstream failures, stored as rows in DuckDB.
+
+The selector's state is a fold over the non-superseded reward rows, so it is rebuilt exactly at
+start-up. Repeated feedback for one request supersedes the earlier row (and the selector
+forgets the earlier event) instead of counting twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import msgspec
+
+from compass.errors import InvalidRequest, RequestNotFound
+from compass.services import Services
+from compass.storage.rewards import UNROUTED_CONTEXT, insert_reward
+from compass.wire.chat import FeedbackRequest
+from layers.bandit.base import RewardEvent
+
+log = logging.getLogger("compass.feedback")
+
+NEGATIVE_REWARD = 0.5  # below this, an answer served from the cache is evicted
+
+
+def record_failure(services: Services, request_id: str, context: str, model: str, tenant: str) -> None:
+    """An upstream failure of a chosen model: a zero-reward observation, learned at once."""
+    event = RewardEvent(
+        request_id=request_id, context=context, model=model, reward=0.0, ts=time.time(), source="failure"
+    )
+    if services.selector is not None:
+        services.selector.observe(event)
+    if services.db is not None:
+        services.spawn(services.db.run(insert_reward, event, tenant, None))
+
+
+def reward_of(feedback: FeedbackRequest) -> float:
+    has_score = feedback.score is not msgspec.UNSET
+    has_thumbs = feedback.thumbs is not msgspec.UNSET
+    if has_score == has_thumbs:
+        raise InvalidRequest("give exactly one of `score` (0..1) or `thumbs` (up|down)", param="score")
+    if has_score:
+        score = float(feedback.score)  # type: ignore[arg-type]
+        if not 0.0 <= score <= 1.0 or score != score:
+            raise InvalidRequest(f"`score` must be between 0 and 1, got {feedback.score}", param="score")
+        return score
+    return 1.0 if feedback.thumbs == "up" else 0.0
+
+
+def _apply_feedback(
+    con: Any, request_id: str, tenant: str | None, reward: float, comment: str | None, ts: float
+) -> dict[str, Any] | None:
+    """In one transaction: find the request, supersede earlier feedback, insert the new row."""
+    params: list[Any] = [request_id]
+    where = "id = ?"
+    if tenant is not None:
+        where += " AND tenant = ?"
+        params.append(tenant)
+    row = con.execute(
+        f"SELECT model, context, tenant, cache_entry_id, cache_status FROM requests WHERE {where}", params
+    ).fetchone()
+    if row is None or row[0] is None:
+        return None
+    model, context, row_tenant, cache_entry_id, cache_status = row
+    context = context or UNROUTED_CONTEXT
+    con.execute("BEGIN TRANSACTION")
+    try:
+        earlier = con.execute(
+            "SELECT request_id, context, model, reward, ts, source FROM rewards"
+            " WHERE request_id = ? AND source = 'feedback' AND NOT superseded",
+            [request_id],
+        ).fetchall()
+        con.execute(
+            "UPDATE rewards SET superseded = TRUE WHERE request_id = ? AND source = 'feedback'", [request_id]
+        )
+        event = RewardEvent(
+            request_id=request_id, context=context, model=model, reward=reward, ts=ts, source="feedback"
+        )
+        insert_reward(con, event, row_tenant, comment)
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    replaced = [
+        RewardEvent(request_id=r[0], context=r[1], model=r[2], reward=r[3], ts=r[4], source=r[5])
+        for r in earlier
+    ]
+    return {
+        "event": event,
+        "replaced": replaced,
+        "cache_entry_id": cache_entry_id,
+        "cache_status": cache_status,
+    }
+
+
+async def submit_feedback(
+    services: Services, feedback: FeedbackRequest, tenant: str | None
+) -> dict[str, Any]:
+    """Store one feedback row and teach the selector; ``tenant=None`` means any tenant (admin)."""
+    reward = reward_of(feedback)
+    assert services.db is not None and services.history is not None
+    comment = feedback.comment if feedback.comment is not msgspec.UNSET else None
+    ts = time.time()
+    result = await services.db.run(_apply_feedback, feedback.id, tenant, reward, comment, ts)
+    if result is None and services.history.pending:
+        await services.history.flush()  # the request may still be on its way to the file
+        result = await services.db.run(_apply_feedback, feedback.id, tenant, reward, comment, ts)
+    if result is None:
+        raise RequestNotFound(f"no chat completion with id {feedback.id!r}", param="id")
+    event: RewardEvent = result["event"]
+    learned = event.context != UNROUTED_CONTEXT and services.selector is not None
+    if learned:
+        assert services.selector is not None
+        for old in result["replaced"]:
+            services.selector.forget(old)
+        services.selector.observe(event)
+    if services.metrics is not None:
+        services.metrics.feedback.labels(event.context, event.model).inc()
+    evicted = 0
+    if reward < NEGATIVE_REWARD and services.cache is not None:
+        evicted = await services.cache.evict_request(feedback.id)
+        if result["cache_entry_id"]:
+            evict_entry = getattr(services.cache, "evict_entry", None)
+            if evict_entry is not None:
+                evicted += await evict_entry(result["cache_entry_id"])
+    return {
+        "id": feedback.id,
+        "object": "feedback",
+        "reward": reward,
+        "model": event.model,
+        "context": event.context,
+        "learned": learned,
+        "replaced": len(result["replaced"]),
+        "cache_evicted": evicted,
+    }

@@ -1,0 +1,1 @@
+"""Provider clients: the interface and registry (``base``), LiteLLM, the direct path, breakers, demo."""

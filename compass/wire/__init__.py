@@ -1,0 +1,1 @@
+"""Wire formats (msgspec Structs) that clients send and the pipeline consumes."""
