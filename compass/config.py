@@ -19,7 +19,7 @@ from typing import Any, Literal
 import msgspec
 
 from compass.errors import ConfigError
-from layers.types import ModelSpec, Tier
+from layers.types import ModelSpec
 
 DEFAULT_PORT = 8402
 
@@ -124,36 +124,6 @@ ENV_SHORTCUTS: dict[str, tuple[str, ...]] = {
     "COMPASS_LOG_LEVEL": ("server", "log_level"),
     "COMPASS_REQUEST_LOG": ("server", "request_log"),
     "COMPASS_STORE_CONTENT": ("storage", "store_content"),
-}
-
-DEMO_POOL: list[dict[str, Any]] = [
-    {"name": "demo-small", "tier": "simple", "input_price_per_mtok": 0.1, "output_price_per_mtok": 0.4},
-    {"name": "demo-medium", "tier": "medium", "input_price_per_mtok": 1.0, "output_price_per_mtok": 4.0},
-    {"name": "demo-large", "tier": "complex", "input_price_per_mtok": 10.0, "output_price_per_mtok": 40.0},
-]
-
-# A sensible three-tier pool per provider key (prices in USD per 1M tokens, input/output).
-PROVIDER_POOLS: dict[str, list[tuple[str, str, Tier, float, float, int]]] = {
-    "OPENAI_API_KEY": [
-        ("gpt-4o-mini", "openai/gpt-4o-mini", "simple", 0.15, 0.60, 128_000),
-        ("gpt-4o", "openai/gpt-4o", "medium", 2.50, 10.00, 128_000),
-        ("o1", "openai/o1", "complex", 15.00, 60.00, 200_000),
-    ],
-    "ANTHROPIC_API_KEY": [
-        ("claude-haiku", "anthropic/claude-3-5-haiku-latest", "simple", 0.80, 4.00, 200_000),
-        ("claude-sonnet", "anthropic/claude-sonnet-4-20250514", "medium", 3.00, 15.00, 200_000),
-        ("claude-opus", "anthropic/claude-opus-4-20250514", "complex", 15.00, 75.00, 200_000),
-    ],
-    "GEMINI_API_KEY": [
-        ("gemini-flash-lite", "gemini/gemini-2.0-flash-lite", "simple", 0.075, 0.30, 1_000_000),
-        ("gemini-flash", "gemini/gemini-2.5-flash", "medium", 0.30, 2.50, 1_000_000),
-        ("gemini-pro", "gemini/gemini-2.5-pro", "complex", 1.25, 10.00, 1_000_000),
-    ],
-    "DASHSCOPE_API_KEY": [
-        ("qwen-flash", "dashscope/qwen-flash", "simple", 0.05, 0.40, 1_000_000),
-        ("qwen-plus", "dashscope/qwen-plus", "medium", 0.40, 1.20, 131_072),
-        ("qwen-max", "dashscope/qwen-max", "complex", 1.60, 6.40, 32_768),
-    ],
 }
 
 
@@ -332,60 +302,3 @@ def convert_model_list(model_list: list[dict[str, Any]]) -> list[ModelSpec]:
         except msgspec.ValidationError as exc:
             raise ConfigError(f"{where}: {describe_validation_error(exc)}") from exc
     return specs
-
-
-def provider_pool(environ: dict[str, str]) -> list[ModelSpec]:
-    """Three tiers for each provider whose key is set in the environment."""
-    pool = []
-    for env_name, models in PROVIDER_POOLS.items():
-        if environ.get(env_name):
-            for name, litellm_model, tier, price_in, price_out, window in models:
-                pool.append(
-                    ModelSpec(
-                        name=name,
-                        litellm_model=litellm_model,
-                        api_key_env=env_name,
-                        input_price_per_mtok=price_in,
-                        output_price_per_mtok=price_out,
-                        tier=tier,
-                        context_window=window,
-                    )
-                )
-    return pool
-
-
-def demo_pool(api_base: str) -> list[ModelSpec]:
-    """The demo pool, served by the fake upstream at ``api_base``."""
-    return [
-        ModelSpec(
-            name=m["name"],
-            litellm_model=f"openai/{m['name']}",
-            api_base=api_base,
-            api_key="demo",
-            input_price_per_mtok=m["input_price_per_mtok"],
-            output_price_per_mtok=m["output_price_per_mtok"],
-            tier=m["tier"],
-            context_window=32_000,
-            demo=True,
-        )
-        for m in DEMO_POOL
-    ]
-
-
-def configured_pool(settings: Settings, environ: dict[str, str] | None = None) -> list[ModelSpec]:
-    """The pool from the config or the environment; empty means 'use the demo pool'."""
-    if settings.demo == "on":
-        return []
-    if settings.models or settings.model_list:
-        pool = list(settings.models) + convert_model_list(settings.model_list)
-    else:
-        pool = provider_pool(dict(os.environ if environ is None else environ))
-    names = [m.name for m in pool]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ConfigError(f"model pool: duplicate model names {dupes}")
-    if not pool and settings.demo == "off":
-        raise ConfigError(
-            "models: the pool is empty and demo is off; add models to compass.yaml or set a provider key"
-        )
-    return pool

@@ -17,11 +17,12 @@ from typing import Any
 
 import msgspec
 
-from compass.config import Settings, configured_pool, demo_pool
+from compass.config import Settings
 from compass.storage.db import Database
 from compass.storage.history import HistoryWriter
 from compass.upstream.base import Upstream, build_upstream
 from compass.upstream.breaker import Breakers
+from compass.upstream.pools import configured_pool, demo_pool, unpriced_models
 from layers.bandit.base import Selector, build_selector
 from layers.cache.base import ResponseCache, build_cache
 from layers.classifier.base import Classifier, build_classifier
@@ -48,6 +49,7 @@ class Services:
     embedder: Any = None
     demo_upstream: Any = None
     problems: dict[str, str] = field(default_factory=dict)
+    unpriced: list[str] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
     extras: dict[str, Any] = field(default_factory=dict)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -118,6 +120,13 @@ class Services:
         pool = [m if m.timeout_s > 0 else msgspec.structs.replace(m, timeout_s=default_timeout) for m in pool]
         self.pool = {m.name: m for m in pool}
         log.info("model pool: %s", ", ".join(f"{m.name} ({m.tier})" for m in pool))
+        self.unpriced = unpriced_models(pool)
+        if self.unpriced:
+            self.problems["pricing"] = (
+                f"no price for {', '.join(self.unpriced)}: not in LiteLLM's cost map and no "
+                "input_price_per_mtok / output_price_per_mtok in the config, so they cost 0"
+            )
+            log.warning("pool: %s", self.problems["pricing"])
 
     async def _start_embedder(self) -> None:
         needs = self.settings.classifier.backend in EMBEDDING_CLASSIFIERS or self.settings.cache.enabled

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from compass.config import configured_pool, convert_model_list, load_settings, provider_pool
+from compass.config import convert_model_list, load_settings
 from compass.errors import ConfigError
+from compass.upstream.pools import configured_pool, provider_pool
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -99,7 +100,7 @@ def test_provider_pools_follow_keys() -> None:
     assert provider_pool({}) == []
     pool = provider_pool({"DASHSCOPE_API_KEY": "k", "OPENAI_API_KEY": "k"})
     names = [m.name for m in pool]
-    assert {"qwen-flash", "qwen-plus", "qwen-max", "gpt-4o-mini", "gpt-4o"} <= set(names)
+    assert {"qwen-flash", "qwen-plus", "qwen-max", "gpt-nano", "gpt-mini", "gpt"} <= set(names)
     assert {m.tier for m in pool} == {"simple", "medium", "complex"}
 
 

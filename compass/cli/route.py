@@ -30,10 +30,10 @@ async def _decision_local(settings: Settings, prompt: str, model: str) -> dict[s
     """Start only what routing needs: the pool, Layer 1 and Layer 2 (from the history, read-only)."""
     import duckdb
 
-    from compass.config import configured_pool, demo_pool
     from compass.pipeline.routing import make_prompt, route, routing_object
     from compass.services import Services, build_services
     from compass.storage.rewards import load_reward_events
+    from compass.upstream.pools import configured_pool, demo_pool
     from compass.wire.chat import ChatCompletionRequest, ChatMessage
 
     services: Services = build_services(settings)

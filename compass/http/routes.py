@@ -126,6 +126,7 @@ async def health(services: Services) -> dict[str, Any]:
         "demo": services.demo,
         "uptime_s": round(time.time() - services.started_at, 3),
         "models": len(services.pool),
+        "unpriced_models": services.unpriced,
         "layers": {
             "classifier": {
                 **(classifier.info() if classifier else {}),
