@@ -55,6 +55,7 @@ class Services:
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     breakers: Breakers = field(default_factory=Breakers)
     metrics: Any = None
+    tracing: Any = None  # compass.tracing.Tracing when OTEL_EXPORTER_OTLP_ENDPOINT is set
 
     @property
     def models(self) -> list[ModelSpec]:
@@ -85,6 +86,7 @@ class Services:
         from compass.metrics import Metrics
 
         self.metrics = Metrics(self)
+        self._start_tracing()
         self._start_pool()
         self.db = Database(settings.database_path)
         applied = self.db.open()
@@ -101,6 +103,18 @@ class Services:
 
         self.extras["retention"] = RetentionTask(self).start()  # storage.retention_days
         write_server_file(self)
+
+    def _start_tracing(self) -> None:
+        from compass.tracing import Tracing, tracing_enabled
+
+        if self.tracing is None and tracing_enabled():
+            try:
+                self.tracing = Tracing.from_environment()
+            except Exception as exc:  # a broken exporter must not stop the gateway
+                self.problems["tracing"] = f"{type(exc).__name__}: {exc}"
+                log.warning("OpenTelemetry tracing is off: %s", self.problems["tracing"])
+            else:
+                log.info("OpenTelemetry: exporting traces over OTLP")
 
     def _start_pool(self) -> None:
         pool = configured_pool(self.settings)
@@ -236,6 +250,8 @@ class Services:
         if self.demo_upstream is not None:
             self.demo_upstream.terminate()
             self.demo_upstream = None
+        if self.tracing is not None:
+            self.tracing.shutdown()  # flushes the batch of spans still queued
 
 
 def build_services(settings: Settings, upstream: Upstream | None = None) -> Services:

@@ -68,6 +68,8 @@ class Exchange:
 
     def __init__(self, services: Services, request: ChatCompletionRequest, caller: Caller) -> None:
         self.started = time.perf_counter()
+        self.started_ns = time.time_ns()
+        self.timeline: dict[str, Any] = {"attempts": []}  # start offsets (ms), for tracing
         self.services = services
         self.request = request
         self.caller = caller
@@ -124,6 +126,7 @@ class Exchange:
             self.cache = {"status": "bypass", "mode": self.caller.cache_mode}
             return None
         start = time.perf_counter()
+        self.timeline["cache_ms"] = (start - self.started) * 1000
         assert self.model is not None
         hit = await cache.lookup(self.cache_key, self.prompt, min_capability=self.model.capability)
         self.cache_ms = (time.perf_counter() - start) * 1000
@@ -199,6 +202,7 @@ class Exchange:
             breaker.success()
         elif not isinstance(error, InvalidRequest):
             breaker.failure()
+        self.timeline["attempts"].append((start - self.started) * 1000)
         entry: dict[str, Any] = {"model": model.name, "ms": round((time.perf_counter() - start) * 1000, 3)}
         entry["status"] = "ok" if error is None else getattr(error, "status_code", 500)
         if error is not None:
@@ -327,6 +331,8 @@ class Exchange:
         committed = services.history.record(row, durable=services.settings.storage.durability == "strict")
         if services.metrics is not None:
             services.metrics.observe_exchange(row)
+        if services.tracing is not None:
+            services.tracing.observe_exchange(row, self.started_ns, self.timeline)
         if services.settings.server.request_log:
             request_log.info("request", extra={key: row[key] for key in REQUEST_LOG_FIELDS})
         return committed
