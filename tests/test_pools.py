@@ -44,7 +44,7 @@ def test_provider_pool_prices_and_windows_are_the_cost_maps() -> None:
     pool = provider_pool(ALL_KEYS)
     assert len(pool) == 3 * len(PROVIDER_POOLS)
     for model in pool:
-        provider, _, bare = model.litellm_model.partition("/")
+        bare = model.litellm_model.partition("/")[2]
         row = litellm.model_cost.get(model.litellm_model) or litellm.model_cost[bare]
         assert model.input_price_per_mtok == pytest.approx(row["input_cost_per_token"] * 1e6)
         assert model.output_price_per_mtok == pytest.approx(row["output_cost_per_token"] * 1e6)
