@@ -46,6 +46,12 @@ class SelectorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     default_cost_weight: float | None = None
 
 
+class RoutingSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # A conversation's follow-up turns go to the model that answered its earlier turns.
+    affinity: bool = True
+    affinity_max_conversations: int = 100_000  # least recently used are forgotten past this
+
+
 class CacheSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     enabled: bool = True
     backend: str = "semantic"
@@ -91,6 +97,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     demo: Literal["auto", "on", "off"] | bool = "auto"  # YAML reads on/off as booleans
     classifier: ClassifierSettings = msgspec.field(default_factory=ClassifierSettings)
     selector: SelectorSettings = msgspec.field(default_factory=SelectorSettings)
+    routing: RoutingSettings = msgspec.field(default_factory=RoutingSettings)
     cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
     storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
     upstream: UpstreamSettings = msgspec.field(default_factory=UpstreamSettings)

@@ -55,6 +55,7 @@ class Services:
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     breakers: Breakers = field(default_factory=Breakers)
     metrics: Any = None
+    affinity: Any = None  # compass.storage.affinity.AffinityMemory unless routing.affinity is off
     tracing: Any = None  # compass.tracing.Tracing when OTEL_EXPORTER_OTLP_ENDPOINT is set
 
     @property
@@ -87,6 +88,10 @@ class Services:
 
         self.metrics = Metrics(self)
         self._start_tracing()
+        if settings.routing.affinity:
+            from compass.storage.affinity import AffinityMemory
+
+            self.affinity = AffinityMemory(settings.routing.affinity_max_conversations)
         self._start_pool()
         self.db = Database(settings.database_path)
         applied = self.db.open()

@@ -15,6 +15,7 @@ from compass import __version__
 from compass.errors import InvalidRequest
 from compass.http.admin import ADMIN_HANDLERS
 from compass.http.auth import caller_for
+from compass.pipeline.affinity import SESSION_HEADER
 from compass.pipeline.chat import complete, open_stream
 from compass.pipeline.exchange import CACHE_MODES
 from compass.pipeline.routing import ROUTED_MODELS, approx_tokens, make_prompt, route, routing_object
@@ -73,6 +74,7 @@ async def chat_completions(
     caller = caller_for(request, services, rate_limited=True)
     check_limits(services, data)
     caller.cache_mode = cache_mode(request, data)
+    caller.session = request.headers.get(SESSION_HEADER) or None
     if data.wants_stream:
         events, headers = await open_stream(services, data, caller)
         return ServerSentEvent(events, headers=headers)

@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from compass.errors import CompassError, InvalidRequest, UpstreamError
+from compass.pipeline.affinity import conversation_key, remember_conversation
 from compass.pipeline.routing import (
     RouteDecision,
     approx_tokens,
@@ -61,6 +62,7 @@ class Caller(msgspec.Struct, kw_only=True):
     tenant: str = "local"
     key_id: str | None = None
     cache_mode: str = "default"
+    session: str | None = None  # the x-compass-session header: a conversation's explicit id
 
 
 class Exchange:
@@ -79,6 +81,8 @@ class Exchange:
         self.prompt: Prompt = make_prompt(
             services, last_user_text(self.messages), approx_tokens(self.messages)
         )
+        self.conversation = conversation_key(services, caller, self.messages)
+        self.reply: dict[str, Any] = {}
         self.decision: RouteDecision | None = None
         self.model: ModelSpec | None = None
         self.cache: dict[str, Any] = {"status": "off"}
@@ -98,7 +102,9 @@ class Exchange:
 
     async def route_and_lookup(self) -> dict[str, Any] | None:
         """Layers 1-3; returns a cached response body on a hit."""
-        self.decision = await route(self.services, self.request, self.messages, self.prompt, self.request_id)
+        self.decision = await route(
+            self.services, self.request, self.messages, self.prompt, self.request_id, self.conversation
+        )
         self.model = self.decision.model
         hit = await self._cache_lookup()
         self.routing_ms = (time.perf_counter() - self.started) * 1000
@@ -144,7 +150,8 @@ class Exchange:
         body = dict(hit.response)
         self.usage = dict(body.get("usage") or {})
         choices = body.get("choices") or [{}]
-        self.content = (choices[0].get("message") or {}).get("content") or ""
+        self.reply = choices[0].get("message") or {}
+        self.content = self.reply.get("content") or ""
         self.finish_reason = choices[0].get("finish_reason")
         return body
 
@@ -253,6 +260,7 @@ class Exchange:
         self.usage = dict(body.get("usage") or {})
         choices = body.get("choices") or [{}]
         message = choices[0].get("message") or {}
+        self.reply = message
         self.content = message.get("content") or ""
         if message.get("tool_calls"):
             self.content = self.content or _JSON.encode(message["tool_calls"]).decode()
@@ -331,6 +339,8 @@ class Exchange:
         committed = services.history.record(row, durable=services.settings.storage.durability == "strict")
         if services.metrics is not None:
             services.metrics.observe_exchange(row)
+        if services.affinity is not None and self.status < 400 and self.model is not None:
+            remember_conversation(services.affinity, self.caller, self.messages, self.reply, self.model.name)
         if services.tracing is not None:
             services.tracing.observe_exchange(row, self.started_ns, self.timeline)
         if services.settings.server.request_log:

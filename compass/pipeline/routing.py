@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from compass.errors import InvalidRequest, ModelNotFound
+from compass.pipeline.affinity import apply_affinity
 from compass.services import Services
 from compass.wire.chat import ChatCompletionRequest, message_text
 from layers.bandit.base import COST_WEIGHT_PRESETS, Selection, SelectionContext
@@ -122,6 +123,7 @@ async def route(
     messages: list[dict[str, Any]],
     prompt: Prompt,
     request_id: str | None = None,
+    conversation: str | None = None,
 ) -> RouteDecision:
     """Decide which model answers ``request``; raises ``ModelNotFound`` for unknown names."""
     request_id = request_id or new_request_id()
@@ -164,6 +166,9 @@ async def route(
     select_ms = (time.perf_counter() - start) * 1000
     if preset is None:
         selection, method = follow_mapping(selection, classification, candidates, method)
+    if conversation is not None and services.affinity is not None:
+        remembered = services.affinity.get(conversation)
+        selection = apply_affinity(selection, classification, candidates, remembered) or selection
     chosen = services.pool[selection.model]
     ranked = selection.ranked or [selection.model]
     fallbacks = [services.pool[name] for name in ranked if name != chosen.name]

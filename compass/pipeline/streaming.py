@@ -109,7 +109,8 @@ def estimate_usage(exchange: Exchange, completion_text: str) -> dict[str, int]:
 def finish(exchange: Exchange, acc: StreamAccumulator, start: float) -> None:
     """Copy what the stream produced onto the exchange, for its history row."""
     exchange.upstream_ms += (time.perf_counter() - start) * 1000
-    exchange.content = acc.message().get("content") or ""
+    exchange.reply = acc.message()
+    exchange.content = exchange.reply.get("content") or ""
     exchange.finish_reason = acc.finish_reason
     exchange.usage = acc.usage or estimate_usage(exchange, exchange.content)
 
