@@ -99,7 +99,7 @@ class Services:
             log.info("database %s: applied migrations %s", settings.database_path, ", ".join(applied))
         self.history = HistoryWriter(self.db, settings.storage.flush_interval_ms, settings.storage.batch_size)
         self.history.start()
-        await self.upstream.start()
+        await self.upstream.start(self.models)
         await self._start_embedder()
         await self._start_classifier()
         await self._start_selector()

@@ -75,11 +75,16 @@ class Embedder:
         self.runtime = runtime  # after load: "onnx" or "torch", what actually runs
         self._requested_runtime = runtime
         self._onnx: Any = None
+        self._loaded = False
+        self.torch_free = False  # after load: True when torch was never imported for this model
 
     def load(self) -> None:
         """Load the model (idempotent, thread-safe). Never touches the network."""
         with self._load_lock:
-            if self._model is not None:
+            if self._loaded:
+                return
+            if self._load_without_torch():
+                self._loaded = True
                 return
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -93,6 +98,26 @@ class Embedder:
             self._onnx = self._load_onnx(model)
             self.runtime = "onnx" if self._onnx is not None else "torch"
             self._model = model
+            self._loaded = True
+
+    def _load_without_torch(self) -> bool:
+        """A graph verified by an earlier process: onnxruntime and the fast tokenizer, no torch."""
+        if self._requested_runtime == "torch" or self.device != "cpu":
+            return False
+        from layers.embedding_onnx import OnnxMiniLM
+
+        try:
+            onnx = OnnxMiniLM.without_torch(self.model_path, self.threads)
+        except Exception as exc:  # stale or damaged: the torch path re-exports and re-verifies
+            log.warning("embedder: torch-free ONNX path unusable (%s: %s)", type(exc).__name__, exc)
+            return False
+        if onnx is None:
+            return False
+        self._onnx = onnx
+        self.dim = onnx.dim
+        self.runtime = "onnx"
+        self.torch_free = True
+        return True
 
     def _load_onnx(self, model: Any) -> Any:
         """onnxruntime on CPU unless asked not to; ``auto`` falls back to torch, ``onnx`` insists."""

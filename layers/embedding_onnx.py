@@ -7,11 +7,18 @@ ops.bench.classifier.embedding``). The graph is exported once per model and torc
 directory, then checked against the sentence-transformers model on probe texts (short, long,
 truncated, batched); an export failure, a model that is not Transformer → mean Pooling → Normalize,
 or any probe off by more than ``TOLERANCE`` keeps the torch path (``Embedder.runtime`` says which).
+
+Once a graph is exported and verified, its probe vectors are kept beside it, and later processes
+load it without torch or sentence-transformers (``OnnxMiniLM.without_torch``): the fast tokenizer
+(``tokenizer.json``, the same Rust tokenizer sentence-transformers runs) feeds onnxruntime, and
+the probes must again match the vectors torch gave. A serving process then holds about 500 MiB
+less (no torch, no second copy of the model); ``python -m ops.bench.memory``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -42,12 +49,12 @@ def onnx_cache_dir() -> Path:
 
 
 def _cache_key(model_path: str) -> str:
-    import onnxruntime
-    import torch
+    """Model files, torch and onnxruntime versions; read from metadata, so torch is not imported."""
+    from importlib.metadata import version
 
     weights = sorted(Path(model_path).glob("*.safetensors")) + sorted(Path(model_path).glob("*.bin"))
     stamp = [(w.name, w.stat().st_size, int(w.stat().st_mtime)) for w in weights]
-    raw = f"{Path(model_path).resolve()}|{stamp}|{torch.__version__}|{onnxruntime.__version__}"
+    raw = f"{Path(model_path).resolve()}|{stamp}|{version('torch')}|{version('onnxruntime')}"
     return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
 
@@ -83,23 +90,95 @@ def _export(bert: Any, sample: dict[str, Any], path: Path) -> None:
             os.unlink(tmp)
 
 
+def graph_path(model_path: str, cache_dir: Path | None = None) -> Path:
+    return (cache_dir or onnx_cache_dir()) / f"minilm-{_cache_key(model_path)}.onnx"
+
+
+def probes_path(graph: Path) -> Path:
+    """torch's vectors for ``PROBES``, written once the graph is verified against them."""
+    return graph.with_suffix(".probes.npy")
+
+
+def _fast_tokenizer(model_path: str) -> Any:
+    """``tokenizer.json`` with the model's truncation (``max_seq_length``) and dynamic padding."""
+    from tokenizers import Tokenizer
+
+    folder = Path(model_path)
+    config = json.loads((folder / "sentence_bert_config.json").read_text(encoding="utf-8"))
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tokenizer.enable_truncation(max_length=int(config["max_seq_length"]))
+    pad = tokenizer.token_to_id("[PAD]")
+    tokenizer.enable_padding(pad_id=0 if pad is None else pad, pad_token="[PAD]")
+    return tokenizer
+
+
 class OnnxMiniLM:
     """``encode`` with the signature of ``Embedder.encode``, on an onnxruntime session."""
+
+    @classmethod
+    def without_torch(
+        cls, model_path: str, threads: int | None, cache_dir: Path | None = None
+    ) -> OnnxMiniLM | None:
+        """A verified graph from an earlier export, run with the fast tokenizer; None if absent.
+
+        Raises ``UnsupportedEmbeddingModel`` when the graph and tokenizer no longer reproduce
+        torch's probe vectors (the caller then takes the torch path, which exports afresh).
+        """
+        path = graph_path(model_path, cache_dir)
+        probes = probes_path(path)
+        folder = Path(model_path)
+        needed = (
+            path,
+            probes,
+            *(folder / n for n in ("tokenizer.json", "sentence_bert_config.json", "modules.json")),
+        )
+        if not all(p.exists() for p in needed):
+            return None
+        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+        names = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules]
+        if names != EXPECTED_MODULES:
+            raise UnsupportedEmbeddingModel(f"modules {names}, expected {EXPECTED_MODULES}")
+        self = cls.__new__(cls)
+        self._st = None
+        tokenizer = _fast_tokenizer(model_path)
+        self._tokenizer = tokenizer
+        self.path = path
+        self._options = cls._session_options(threads)
+        self._open_session()
+        want = np.load(probes)
+        got = self.encode(PROBES, batch_size=2)
+        worst = float(np.abs(want - got).max()) if want.shape == got.shape else float("inf")
+        if not worst <= TOLERANCE:
+            raise UnsupportedEmbeddingModel(f"torch-free path differs from torch by {worst:.2e}")
+        self.dim = int(want.shape[1])
+        return self
+
+    @staticmethod
+    def _session_options(threads: int | None) -> Any:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(threads or 0)
+        options.inter_op_num_threads = 1
+        return options
+
+    def _open_session(self) -> None:
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(str(self.path), self._options, providers=["CPUExecutionProvider"])
 
     def __init__(
         self, st_model: Any, model_path: str, threads: int | None, cache_dir: Path | None = None
     ) -> None:
-        import onnxruntime as ort
 
         names = [type(module).__name__ for module in st_model]
         if names != EXPECTED_MODULES:
             raise UnsupportedEmbeddingModel(f"modules {names}, expected {EXPECTED_MODULES}")
         self._st = st_model
+        self._tokenizer = None
         self._prepare = getattr(st_model, "preprocess", None) or st_model.tokenize
-        self.path = (cache_dir or onnx_cache_dir()) / f"minilm-{_cache_key(model_path)}.onnx"
-        self._options = ort.SessionOptions()
-        self._options.intra_op_num_threads = int(threads or 0)
-        self._options.inter_op_num_threads = 1
+        self.path = graph_path(model_path, cache_dir)
+        self._options = self._session_options(threads)
         if self.path.exists():
             try:
                 self._open()
@@ -120,12 +199,16 @@ class OnnxMiniLM:
         self._open()
 
     def _open(self) -> None:
-        import onnxruntime as ort
-
-        self.session = ort.InferenceSession(str(self.path), self._options, providers=["CPUExecutionProvider"])
+        self._open_session()
         self._verify()
 
     def _features(self, texts: list[str], as_numpy: bool = True) -> dict[str, Any]:
+        if self._tokenizer is not None:
+            encodings = self._tokenizer.encode_batch(texts)
+            return {
+                "input_ids": np.asarray([e.ids for e in encodings], dtype=np.int64),
+                "attention_mask": np.asarray([e.attention_mask for e in encodings], dtype=np.int64),
+            }
         feats = self._prepare(texts)
         keep = {k: feats[k] for k in ("input_ids", "attention_mask")}
         return {k: v.numpy().astype(np.int64) for k, v in keep.items()} if as_numpy else keep
@@ -133,9 +216,17 @@ class OnnxMiniLM:
     def _verify(self) -> None:
         want = self._st.encode(PROBES, batch_size=2, convert_to_numpy=True, normalize_embeddings=True)
         got = self.encode(PROBES, batch_size=2)
-        worst = float(np.abs(np.asarray(want, dtype=np.float32) - got).max())
+        want = np.asarray(want, dtype=np.float32)
+        worst = float(np.abs(want - got).max())
         if not worst <= TOLERANCE:
             raise UnsupportedEmbeddingModel(f"onnxruntime differs from torch by {worst:.2e} > {TOLERANCE}")
+        try:  # what the next process checks its torch-free path against
+            tmp = probes_path(self.path).with_suffix(".tmp.npy")
+            np.save(tmp, want)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, probes_path(self.path))
+        except OSError as exc:
+            log.info("embedder: cannot keep the probe vectors beside %s (%s)", self.path, exc)
 
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         """Length-sorted chunks of ``batch_size`` (little padding), rows back in input order."""

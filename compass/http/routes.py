@@ -261,6 +261,7 @@ def embedder_health(embedder: Any) -> dict[str, Any]:
     return {
         "loaded": True,
         "runtime": embedder.runtime,
+        "torch_free": bool(getattr(embedder, "torch_free", False)),
         "queued": embedder.queued,
         "max_queue": embedder.max_queue,
         "rejected": embedder.rejected,

@@ -26,7 +26,6 @@ from compass.pipeline.routing import (
 )
 from compass.services import Services
 from compass.storage.history import utcnow
-from compass.upstream.litellm_client import litellm_cost
 from compass.wire.chat import ChatCompletionRequest, last_user_text, messages_as_dicts, upstream_params
 from layers.types import ModelSpec, Prompt
 
@@ -273,9 +272,9 @@ class Exchange:
             return 0.0
         prompt = int(self.usage.get("prompt_tokens") or 0)
         completion = int(self.usage.get("completion_tokens") or 0)
-        if self.model.input_price_per_mtok or self.model.output_price_per_mtok:
-            return self.model.expected_cost(prompt, completion)
-        return litellm_cost(self.model.litellm_model, prompt, completion)
+        # Prices are the config's or, filled in when the pool was built, LiteLLM's cost map's;
+        # a model neither knows costs 0 (start-up warned, /health lists it under unpriced_models).
+        return self.model.expected_cost(prompt, completion)
 
     def row(self) -> dict[str, Any]:
         decision = self.decision

@@ -18,8 +18,8 @@ from layers.types import ModelSpec
 class Upstream(abc.ABC):
     name: ClassVar[str] = "abstract"
 
-    async def start(self) -> None:  # noqa: B027
-        """Warm up clients."""
+    async def start(self, models: list[ModelSpec] | None = None) -> None:  # noqa: B027
+        """Warm up clients for the pool's ``models``."""
 
     async def close(self) -> None:  # noqa: B027
         """Close connection pools."""

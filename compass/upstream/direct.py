@@ -37,14 +37,18 @@ def direct_route(model: ModelSpec, api_key: str | None) -> DirectRoute | None:
     """A direct route for ``model`` if LiteLLM resolves it to a self-hosted OpenAI-compatible server."""
     if not model.api_base:
         return None
-    import litellm
+    prefix, _, rest = model.litellm_model.partition("/")
+    if prefix in DIRECT_PROVIDERS and rest:
+        upstream_model, provider = rest, prefix  # what LiteLLM resolves it to, without loading it
+    else:
+        from compass.upstream.litellm_client import configured_litellm
 
-    try:
-        upstream_model, provider, _, _ = litellm.get_llm_provider(
-            model.litellm_model, api_base=model.api_base
-        )
-    except Exception:
-        return None
+        try:
+            upstream_model, provider, _, _ = configured_litellm().get_llm_provider(
+                model.litellm_model, api_base=model.api_base
+            )
+        except Exception:
+            return None
     if provider not in DIRECT_PROVIDERS or "api.openai.com" in model.api_base:
         return None
     headers = {"Content-Type": "application/json"}

@@ -7,6 +7,7 @@ no per-call logging, local cost map). Provider errors become ``UpstreamError`` (
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,7 +17,9 @@ from compass.upstream.base import Upstream
 from layers.types import ModelSpec
 
 
-def _configure_litellm() -> Any:
+@functools.cache
+def configured_litellm() -> Any:
+    """LiteLLM, imported once and set up for a gateway (no telemetry, callbacks or logging)."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     os.environ.setdefault("LITELLM_LOG", "ERROR")
     import litellm
@@ -72,7 +75,6 @@ class LiteLLMUpstream(Upstream):
         if model.name not in self._routes:
             from compass.upstream.direct import DirectClient, direct_route
 
-            self._lib()
             self._routes[model.name] = direct_route(model, self._key(model))
             if self._routes[model.name] is not None and self._direct is None:
                 self._direct = DirectClient()
@@ -89,11 +91,17 @@ class LiteLLMUpstream(Upstream):
 
     def _lib(self) -> Any:
         if self._litellm is None:
-            self._litellm = _configure_litellm()
+            self._litellm = configured_litellm()
         return self._litellm
 
-    async def start(self) -> None:
-        self._lib()
+    async def start(self, models: list[ModelSpec] | None = None) -> None:
+        """Resolve each model's route; import LiteLLM (~170 MiB, seconds) only if one needs it.
+
+        A pool served wholly by the direct path (the demo, vLLM, Ollama) never loads LiteLLM,
+        which keeps a worker's memory down; without the pool, LiteLLM is loaded to be ready.
+        """
+        if models is None or any(self._route(model) is None for model in models):
+            self._lib()
 
     def _kwargs(self, model: ModelSpec, messages: list[dict[str, Any]], params: dict[str, Any]) -> dict:
         kwargs: dict[str, Any] = {

@@ -9,9 +9,12 @@ without prices, costs 0 to Layer 2 and in the history: start-up warns and ``/hea
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
+import json
 import logging
 import os
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -67,6 +70,16 @@ class CostMapEntry(msgspec.Struct, frozen=True):
 
 @cache
 def _cost_map() -> dict[str, dict[str, Any]]:
+    """The JSON file LiteLLM ships (what ``litellm.model_cost`` holds offline), read without
+    importing LiteLLM, which would cost a worker ~170 MiB when its pool needs only the direct path.
+    ``configured_pool`` drops the table once the pool is priced."""
+    spec = importlib.util.find_spec("litellm")
+    if spec is not None and spec.origin is not None:
+        path = Path(spec.origin).parent / "model_prices_and_context_window_backup.json"
+        if path.exists():
+            table = json.loads(path.read_text(encoding="utf-8"))
+            table.pop("sample_spec", None)
+            return table
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import litellm
 
@@ -175,6 +188,7 @@ def configured_pool(settings: Settings, environ: dict[str, str] | None = None) -
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"model pool: duplicate model names {dupes}")
+    _cost_map.cache_clear()  # priced: the ~5,000-model table need not stay in a worker's memory
     if not pool and settings.demo == "off":
         raise ConfigError(
             "models: the pool is empty and demo is off; add models to compass.yaml or set a provider key"
