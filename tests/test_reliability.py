@@ -104,7 +104,12 @@ def test_sigterm_lets_in_flight_requests_finish_and_flushes_rows(
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(6)]
     for thread in threads:
         thread.start()
-    time.sleep(0.6)  # all six are waiting on the upstream
+    deadline = time.monotonic() + 20  # all six are waiting on the upstream (a busy machine is slow)
+    while time.monotonic() < deadline:
+        if sum("slow " in str(body.get("messages")) for body in list(upstream.history)) >= 6:
+            break
+        time.sleep(0.05)
+    time.sleep(0.1)
     code = gateway.stop()
     for thread in threads:
         thread.join(30)

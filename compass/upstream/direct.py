@@ -41,7 +41,7 @@ def direct_route(model: ModelSpec, api_key: str | None) -> DirectRoute | None:
     if prefix in DIRECT_PROVIDERS and rest:
         upstream_model, provider = rest, prefix  # what LiteLLM resolves it to, without loading it
     else:
-        from compass.upstream.litellm_client import configured_litellm
+        from compass.upstream.litellm_setup import configured_litellm
 
         try:
             upstream_model, provider, _, _ = configured_litellm().get_llm_provider(

@@ -7,34 +7,14 @@ no per-call logging, local cost map). Provider errors become ``UpstreamError`` (
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import AsyncIterator
 from typing import Any
 
 from compass.errors import InvalidRequest, UpstreamError, UpstreamTimeout
 from compass.upstream.base import Upstream
+from compass.upstream.litellm_setup import configured_litellm
 from layers.types import ModelSpec
-
-
-@functools.cache
-def configured_litellm() -> Any:
-    """LiteLLM, imported once and set up for a gateway (no telemetry, callbacks or logging)."""
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    os.environ.setdefault("LITELLM_LOG", "ERROR")
-    import litellm
-
-    litellm.telemetry = False
-    litellm.suppress_debug_info = True
-    litellm.drop_params = True  # a parameter one provider lacks must not fail the call
-    litellm.turn_off_message_logging = True
-    litellm.disable_streaming_logging = True
-    litellm.callbacks = []
-    litellm.success_callback = []
-    litellm.failure_callback = []
-    litellm._async_success_callback = []
-    litellm._async_failure_callback = []
-    return litellm
 
 
 def map_litellm_error(exc: Exception, model: ModelSpec) -> Exception:
