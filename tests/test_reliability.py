@@ -22,7 +22,7 @@ import pytest
 from compass.storage.db import Database
 from compass.storage.history import HistoryWriter, insert_requests
 from compass.storage.retention import RetentionTask, purge_expired
-from ops.crash import CrashOptions
+from ops.crash import CrashOptions, kill_after_acks
 from ops.crash import run as crash_run
 from ops.fake_upstream import FakeModelBehaviour, FakeUpstream, FakeUpstreamConfig
 from ops.faults.fuzz import fuzz_chat, fuzz_schema
@@ -127,6 +127,23 @@ def test_kill_9_with_strict_durability_loses_no_acknowledged_request() -> None:
     assert_passed(verdicts)
     history = next(v for v in verdicts if v.name.startswith("every 2xx"))
     assert history.figures["acked"] > 0 and history.figures["missing"] == 0
+
+
+def test_kill_9_right_after_30_acknowledged_requests_loses_none_by_default(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    upstream.state.config = quick()
+    verdict = kill_after_acks(upstream.url, tmp_path, n=30, concurrency=4)  # default storage settings
+    assert verdict.passed, verdict.line()
+    assert verdict.figures == {"acked": 30, "missing": 0}
+
+
+def test_the_kill_check_sees_what_batched_durability_loses(upstream: FakeUpstream, tmp_path: Path) -> None:
+    """The same check against ``batched``: the last replies are still in the 500 ms gather window."""
+    upstream.state.config = quick()
+    storage = {"durability": "batched", "flush_interval_ms": 500}
+    verdict = kill_after_acks(upstream.url, tmp_path, n=30, concurrency=4, storage=storage)
+    assert verdict.figures["acked"] == 30 and verdict.figures["missing"] >= 1, verdict.line()
 
 
 @pytest.fixture(scope="module")
