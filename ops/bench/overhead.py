@@ -120,7 +120,10 @@ def main() -> None:
     try:
         for name, overrides in variants.items():
             with tempfile.TemporaryDirectory() as home:
-                config = {"models": pool, "storage": {"flush_interval_ms": 20}, **overrides}
+                # routing overhead without the history's commit wait (batched); --ab durability
+                # measures what the default (strict) adds
+                storage = {"flush_interval_ms": 20, "durability": "batched"}
+                config = {"models": pool, "storage": storage, **overrides}
                 with GatewayProcess(Path(home), config, env={"COMPASS_LOG_LEVEL": "warning"}) as gateway:
                     for stream in modes:
                         for concurrency in args.concurrency:
