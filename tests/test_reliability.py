@@ -288,6 +288,33 @@ def test_a_half_read_result_on_the_connection_loses_no_history_row(tmp_path: Pat
     assert count == [(3,)]
 
 
+def test_small_and_large_batches_store_the_same_values(tmp_path: Path) -> None:
+    """One or two rows go in as VALUES, more as an Arrow table: the stored rows must not differ."""
+    from compass.storage.history import SMALL_BATCH
+
+    rows = history_rows(dt.datetime(2026, 1, 31))
+    stored = []
+    for name, batches in (("small", [[r] for r in rows[:3]]), ("large", [rows[:3]])):
+        assert all(len(b) <= SMALL_BATCH for b in batches) == (name == "small")
+        db = Database(tmp_path / f"{name}.duckdb")
+        db.open()
+        try:
+            for batch in batches:
+                db.run_sync(insert_requests, batch)
+            stored.append(
+                db.run_sync(
+                    lambda con: con.execute(
+                        "SELECT * EXCLUDE (created_at), created_at::VARCHAR, messages->>'$[0].content',"
+                        " typeof(messages) FROM requests ORDER BY id"
+                    ).fetchall()
+                )
+            )
+        finally:
+            db.close()
+    assert stored[0] == stored[1] and len(stored[0]) == 3
+    assert stored[0][0][-2:] == ("secret 0", "JSON")
+
+
 async def test_flush_returns_under_steady_traffic(tmp_path: Path) -> None:
     """Regression: flush() waited for an empty queue, so /stats and SQL hung while traffic lasted."""
     db = Database(tmp_path / "f.duckdb")

@@ -100,18 +100,37 @@ def rows_to_table(rows: list[dict[str, Any]]) -> Any:
     return pa.table(columns, schema=_arrow_schema())
 
 
+SMALL_BATCH = 2  # up to this many rows one VALUES insert is cheaper than building an Arrow table
+
+
+def _values(row: dict[str, Any]) -> list[Any]:
+    return [
+        (None if row.get(name) is None else _JSON.encode(row[name]).decode())
+        if kind == "json"
+        else row.get(name)
+        for name, kind in REQUEST_COLUMNS.items()
+    ]
+
+
 def insert_requests(con: Any, rows: list[dict[str, Any]]) -> None:
     """One INSERT for the batch, on its own cursor.
 
-    DuckDB refuses ``register()`` on a connection holding a half-read result (another caller's
-    ``fetchone()``); a cursor has its own result state, so such a leftover cannot lose history rows.
+    Under ``durability: strict`` at low concurrency most batches hold one row, and a one-row
+    Arrow insert cost ~7 ms against ~4 ms for a parameterised VALUES (measured on 2 shared cores),
+    so small batches take VALUES and larger ones one Arrow table. DuckDB refuses ``register()``
+    on a connection holding a half-read result (another caller's ``fetchone()``); a cursor has its
+    own result state, so such a leftover cannot lose history rows.
     """
-    table = rows_to_table(rows)
     names = ", ".join(REQUEST_COLUMNS)
     cursor = con.cursor()
     try:
-        cursor.register("_compass_batch", table)
-        cursor.execute(f"INSERT INTO requests ({names}) SELECT {names} FROM _compass_batch")
+        if len(rows) <= SMALL_BATCH:
+            marks = "(" + ", ".join("?" for _ in REQUEST_COLUMNS) + ")"
+            params = [value for row in rows for value in _values(row)]
+            cursor.execute(f"INSERT INTO requests ({names}) VALUES {', '.join([marks] * len(rows))}", params)
+        else:
+            cursor.register("_compass_batch", rows_to_table(rows))
+            cursor.execute(f"INSERT INTO requests ({names}) SELECT {names} FROM _compass_batch")
     finally:
         cursor.close()
 
