@@ -61,7 +61,7 @@ class CacheSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class StorageSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     database: str = "compass.duckdb"  # relative to home
     store_content: Literal["full", "hash"] = "full"
-    durability: Literal["batched", "strict"] = "batched"
+    durability: Literal["batched", "strict"] = "strict"  # strict: no 2xx is lost on a crash
     retention_days: float | None = None
     flush_interval_ms: float = 50.0
     batch_size: int = 512

@@ -13,6 +13,9 @@ the process is SIGKILLed mid-load. After a restart on the same home:
 * the cache has at least the entries it had before (skipped, with a message, if Layer 3 is off).
 
 Prints PASS/FAIL per check and exits 1 on any failure.
+
+``--after N`` runs the short form instead (``kill_after_acks``): N requests, killed the instant
+the N-th is acknowledged, then the file itself is opened and every acknowledged id looked up.
 """
 
 from __future__ import annotations
@@ -169,6 +172,57 @@ def check_file(database: Path) -> Verdict:
     return Verdict("DuckDB file opens cleanly", True, f"{requests} request rows, {rewards} reward rows")
 
 
+async def acknowledge(url: str, n: int, concurrency: int, on_nth: Any) -> list[str]:
+    """Ids of the first ``n`` 2xx replies (odd ones streamed); ``on_nth()`` runs the moment the
+    ``n``-th arrives, on the event loop, so no other reply is read before it."""
+    import aiohttp
+
+    acked: list[str] = []
+
+    async def client(index: int, session: aiohttp.ClientSession) -> None:
+        rng = random.Random(index)
+        sent = 0
+        while len(acked) < n:
+            prompt, extra = make_request(rng, 0.0)
+            try:
+                reply = await chat(session, url, prompt, (index + sent) % 2 == 1, timeout_s=30, **extra)
+            except Exception:  # the server is gone: the kill came
+                return
+            sent += 1
+            if len(acked) < n and reply.ok and reply.request_id:
+                acked.append(reply.request_id)
+                if len(acked) == n:
+                    on_nth()
+
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(client(i, session) for i in range(concurrency)))
+    return acked
+
+
+def kill_after_acks(
+    api_base: str, home: Path, n: int = 30, concurrency: int = 4, storage: dict[str, Any] | None = None
+) -> Verdict:
+    """kill -9 the gateway right after ``n`` acknowledged requests; count their rows in the file."""
+    import duckdb
+
+    gateway = GatewayProcess(home, gateway_config(api_base, storage=storage or {}), env=env_offline())
+    gateway.start()
+    try:
+        acked = asyncio.run(acknowledge(gateway.url, n, concurrency, gateway.kill))
+    finally:
+        gateway.stop()
+    with duckdb.connect(str(home / "compass.duckdb")) as con:  # read-write: replays the WAL
+        quoted = ", ".join(f"'{i}'" for i in acked)
+        found = {r[0] for r in con.execute(f"SELECT id FROM requests WHERE id IN ({quoted})").fetchall()}
+    missing = [i for i in acked if i not in found]
+    return Verdict(
+        f"kill -9 right after {n} acknowledged requests ({storage or 'default storage'})",
+        len(acked) == n and not missing,
+        f"{len(acked) - len(missing)}/{len(acked)} acknowledged requests have their row",
+        {"acked": len(acked), "missing": len(missing)},
+    )
+
+
 def run(options: CrashOptions) -> list[Verdict]:
     upstream = spawn_fake_upstream(realistic_config(seed=options.seed, speedup=options.speedup))
     home = home_dir(f"crash-{options.durability}")
@@ -228,7 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--margin-ms", type=float, default=CrashOptions.margin_ms)
     parser.add_argument("--fast-layers", action="store_true", help="length classifier, no cache")
     parser.add_argument("--out", default="crash", help="results/<name>.json; '' to skip")
+    parser.add_argument("--after", type=int, help="instead: kill -9 right after N acknowledged requests")
     args = parser.parse_args(argv)
+    if args.after:
+        return kill_after_main(args)
     modes = ["strict", "batched"] if args.durability == "both" else [args.durability]
     results = []
     for mode in modes:
@@ -254,6 +311,27 @@ def main(argv: list[str] | None = None) -> int:
         from ops.bench.common import write_json
 
         print(f"wrote {write_json(args.out, {'passed': passed, 'runs': results})}")
+    return 0 if passed else 1
+
+
+def kill_after_main(args: argparse.Namespace) -> int:
+    """``--after N`` for each durability, default first, on one fake upstream."""
+    import tempfile
+
+    upstream = spawn_fake_upstream(realistic_config(seed=5, speedup=50))
+    modes = [None, "strict", "batched"] if args.durability == "both" else [args.durability]
+    passed = True
+    try:
+        for mode in modes:
+            storage = {} if mode is None else {"durability": mode}
+            if mode == "batched":
+                storage["flush_interval_ms"] = args.batched_flush_ms
+            with tempfile.TemporaryDirectory() as home:
+                verdict = kill_after_acks(upstream.url, Path(home), args.after, args.clients, storage)
+            print(verdict.line(), flush=True)
+            passed &= verdict.passed or mode == "batched"  # batched may lose rows by design
+    finally:
+        upstream.terminate()
     return 0 if passed else 1
 
 

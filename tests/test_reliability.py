@@ -22,7 +22,7 @@ import pytest
 from compass.storage.db import Database
 from compass.storage.history import HistoryWriter, insert_requests
 from compass.storage.retention import RetentionTask, purge_expired
-from ops.crash import CrashOptions
+from ops.crash import CrashOptions, kill_after_acks
 from ops.crash import run as crash_run
 from ops.fake_upstream import FakeModelBehaviour, FakeUpstream, FakeUpstreamConfig
 from ops.faults.fuzz import fuzz_chat, fuzz_schema
@@ -132,6 +132,23 @@ def test_kill_9_with_strict_durability_loses_no_acknowledged_request() -> None:
     assert_passed(verdicts)
     history = next(v for v in verdicts if v.name.startswith("every 2xx"))
     assert history.figures["acked"] > 0 and history.figures["missing"] == 0
+
+
+def test_kill_9_right_after_30_acknowledged_requests_loses_none_by_default(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    upstream.state.config = quick()
+    verdict = kill_after_acks(upstream.url, tmp_path, n=30, concurrency=4)  # default storage settings
+    assert verdict.passed, verdict.line()
+    assert verdict.figures == {"acked": 30, "missing": 0}
+
+
+def test_the_kill_check_sees_what_batched_durability_loses(upstream: FakeUpstream, tmp_path: Path) -> None:
+    """The same check against ``batched``: the last replies are still in the 500 ms gather window."""
+    upstream.state.config = quick()
+    storage = {"durability": "batched", "flush_interval_ms": 500}
+    verdict = kill_after_acks(upstream.url, tmp_path, n=30, concurrency=4, storage=storage)
+    assert verdict.figures["acked"] == 30 and verdict.figures["missing"] >= 1, verdict.line()
 
 
 @pytest.fixture(scope="module")
@@ -274,6 +291,33 @@ def test_a_half_read_result_on_the_connection_loses_no_history_row(tmp_path: Pat
     finally:
         db.close()
     assert count == [(3,)]
+
+
+def test_small_and_large_batches_store_the_same_values(tmp_path: Path) -> None:
+    """One or two rows go in as VALUES, more as an Arrow table: the stored rows must not differ."""
+    from compass.storage.history import SMALL_BATCH
+
+    rows = history_rows(dt.datetime(2026, 1, 31))
+    stored = []
+    for name, batches in (("small", [[r] for r in rows[:3]]), ("large", [rows[:3]])):
+        assert all(len(b) <= SMALL_BATCH for b in batches) == (name == "small")
+        db = Database(tmp_path / f"{name}.duckdb")
+        db.open()
+        try:
+            for batch in batches:
+                db.run_sync(insert_requests, batch)
+            stored.append(
+                db.run_sync(
+                    lambda con: con.execute(
+                        "SELECT * EXCLUDE (created_at), created_at::VARCHAR, messages->>'$[0].content',"
+                        " typeof(messages) FROM requests ORDER BY id"
+                    ).fetchall()
+                )
+            )
+        finally:
+            db.close()
+    assert stored[0] == stored[1] and len(stored[0]) == 3
+    assert stored[0][0][-2:] == ("secret 0", "JSON")
 
 
 async def test_flush_returns_under_steady_traffic(tmp_path: Path) -> None:

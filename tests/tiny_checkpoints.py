@@ -204,3 +204,56 @@ def write_tiny_nvidia(
 def write_unk_only_nvidia(folder: Path) -> Path:
     """A checkpoint whose tokenizer knows digits only: every English word becomes [UNK]."""
     return write_tiny_nvidia(folder, corpus=DIGITS, name="tiny_nvidia_unk")
+
+
+def write_tiny_xlmr(folder: Path, bias: list[float] | None = None) -> Path:
+    """A 2-layer XLM-RoBERTa classifier in ``routellm/bert_gpt4_augmented``'s layout: config.json,
+    model.safetensors and the SentencePiece ``sentencepiece.bpe.model`` with its
+    ``tokenizer_config.json``, but no ``tokenizer.json`` and no ``vocab.txt``. ``bias`` pins the logits.
+    """
+    import sentencepiece as spm
+    import torch
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification, XLMRobertaTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    spm.SentencePieceTrainer.train(  # fairseq's XLM-R ids: <s>=0, <pad>=1, </s>=2, <unk>=3
+        sentence_iterator=iter(CORPUS * 10),
+        model_writer=buffer,
+        vocab_size=200,
+        model_type="bpe",
+        bos_id=0,
+        pad_id=1,
+        eos_id=2,
+        unk_id=3,
+        bos_piece="<s>",
+        pad_piece="<pad>",
+        eos_piece="</s>",
+        unk_piece="<unk>",
+        character_coverage=1.0,
+        hard_vocab_limit=False,
+        minloglevel=2,
+    )
+    model_file = folder / "sentencepiece.bpe.model"
+    model_file.write_bytes(buffer.getvalue())
+    XLMRobertaTokenizer(vocab_file=str(model_file)).save_pretrained(str(folder))
+    (folder / "tokenizer.json").unlink(missing_ok=True)  # the real repo ships none
+    pieces = spm.SentencePieceProcessor(model_proto=buffer.getvalue()).get_piece_size()
+    torch.manual_seed(0)
+    config = XLMRobertaConfig(
+        vocab_size=pieces + 2,  # fairseq offset + <mask>
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=130,
+        num_labels=3,
+        pad_token_id=1,
+    )
+    model = XLMRobertaForSequenceClassification(config)
+    if bias is not None:
+        with torch.no_grad():
+            model.classifier.out_proj.weight.zero_()
+            model.classifier.out_proj.bias.copy_(torch.tensor(bias))
+    model.save_pretrained(str(folder))
+    return folder

@@ -7,7 +7,9 @@ and the savings against always calling the strongest model, both computed from t
 
 ``POST /admin/api/sql`` is how ``compass sql`` analyses history while the server runs: DuckDB
 lets one process hold the file read-write, so queries go to the process that holds it. Only
-read statements are accepted (checked with DuckDB's own parser, not a regex).
+read statements are accepted (checked with DuckDB's own parser, not a regex), and they run on an
+instance with external access off and its configuration locked (``compass.storage.db``), so a
+query sees the database and nothing else: no file, URL, extension or setting.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import math
+import re
 import uuid
 from importlib import resources
 from pathlib import PurePosixPath
@@ -30,6 +33,8 @@ from compass.services import Services
 from compass.storage.history import utcnow
 
 READ_STATEMENTS = frozenset({"SELECT", "EXPLAIN"})
+# EXPLAIN ANALYZE runs its statement: what follows EXPLAIN must itself be a SELECT.
+EXPLAIN_PREFIX = re.compile(r"\s*EXPLAIN\s+(?:\([^)]*\)\s*)?(?:ANALY[SZ]E\s+)?", re.IGNORECASE)
 MAX_SQL_ROWS = 10_000
 STATIC_TYPES = {
     ".js": "text/javascript; charset=utf-8",
@@ -66,6 +71,7 @@ def static_bytes(name: str) -> bytes:
 
 
 def check_read_only(con: Any, sql: str) -> None:
+    """One SELECT (or WITH ... SELECT, or EXPLAIN of one); anything else is a 400 naming it."""
     import duckdb
 
     try:
@@ -75,8 +81,21 @@ def check_read_only(con: Any, sql: str) -> None:
     if len(statements) != 1:
         raise InvalidRequest("send exactly one SQL statement", param="sql")
     kind = statements[0].type.name
+    if kind == "EXPLAIN":
+        prefix = EXPLAIN_PREFIX.match(statements[0].query)
+        try:
+            inner = con.extract_statements(statements[0].query[prefix.end() :]) if prefix else []
+        except duckdb.Error:
+            inner = []
+        kind = inner[0].type.name if len(inner) == 1 else "EXPLAIN of a statement that is not a SELECT"
+        if kind == "EXPLAIN":
+            kind = "nested EXPLAIN"
     if kind not in READ_STATEMENTS:
-        raise InvalidRequest(f"only read-only queries are allowed here, not {kind}", param="sql")
+        raise InvalidRequest(
+            f"only read-only queries (SELECT, WITH, EXPLAIN) are allowed here, not {kind}"
+            " (ATTACH, COPY, EXPORT, INSTALL, LOAD, SET, PRAGMA and CALL are refused)",
+            param="sql",
+        )
 
 
 def jsonable(value: Any) -> Any:
@@ -110,7 +129,13 @@ def run_read_query(con: Any, sql: str, limit: int) -> dict[str, Any]:
             rows = result.fetchmany(limit + 1)
         finally:
             cur.close()
-    except duckdb.Error as exc:
+    except duckdb.PermissionException as exc:
+        raise InvalidRequest(
+            f"this query reaches outside the database (files, URLs, extensions or settings), which"
+            f" the SQL endpoint does not allow: {exc}",
+            param="sql",
+        ) from exc
+    except (duckdb.Error, ValueError, TypeError, OverflowError) as exc:  # also values Python cannot hold
         raise InvalidRequest(f"SQL error: {exc}", param="sql") from exc
     truncated = len(rows) > limit
     rows = rows[:limit]
@@ -305,7 +330,7 @@ async def admin_sql(request: Request, data: SqlRequest, services: Services) -> d
     require_admin(request, services)
     assert services.db is not None
     await services.settle()
-    return await services.db.run(run_read_query, data.sql, data.limit)
+    return await services.db.analyse(run_read_query, data.sql, data.limit)
 
 
 @get("/admin/api/bandit", summary="Layer 2 posteriors per context and model")

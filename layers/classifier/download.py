@@ -26,6 +26,20 @@ ROUTELLM_REPO = "routellm/bert_gpt4_augmented"
 # Skipped when downloading: other frameworks' copies of the same weights.
 IGNORE_PATTERNS = ["*.msgpack", "*.h5", "*.ot", "*.onnx", "onnx/*", "flax_model*", "tf_model*", "rust_model*"]
 TRUE = ("1", "true", "yes", "on")
+# Every file set AutoTokenizer can build a tokenizer from ("a+b": both files): the fast
+# tokenizer's tokenizer.json, WordPiece (BERT), the SentencePiece models of XLM-R / CamemBERT
+# (sentencepiece.bpe.model), DeBERTa-v2/3 (spm.model), T5 / ALBERT (spiece.model), Llama
+# (tokenizer.model), and byte-level BPE (GPT-2 / RoBERTa).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "sentencepiece.bpe.model",
+    "spm.model",
+    "spiece.model",
+    "tokenizer.model",
+    "sentencepiece.model",
+    "vocab.json+merges.txt",
+)
 
 
 @dataclass(frozen=True)
@@ -42,13 +56,13 @@ KNOWN_MODELS: dict[str, ModelFiles] = {
     "nvidia": ModelFiles(
         "nvidia",
         NVIDIA_REPO,
-        (("config.json",), ("model.safetensors",), ("tokenizer.json", "spm.model")),
+        (("config.json",), ("model.safetensors",), TOKENIZER_FILES),
         "classifier backend nvidia",
     ),
     "routellm": ModelFiles(
         "routellm",
         ROUTELLM_REPO,
-        (("config.json",), ("model.safetensors", "pytorch_model.bin"), ("tokenizer.json", "vocab.txt")),
+        (("config.json",), ("model.safetensors", "pytorch_model.bin"), TOKENIZER_FILES),
         "classifier backend routellm_bert",
     ),
 }
@@ -73,8 +87,13 @@ def required_files(repo_id: str) -> tuple[tuple[str, ...], ...]:
 
 
 def missing_files(folder: Path, required: Sequence[Sequence[str]]) -> list[str]:
-    """Each required entry with none of its alternatives in ``folder`` (as 'a|b')."""
-    return ["|".join(alts) for alts in required if not any((folder / name).is_file() for name in alts)]
+    """Each required entry with none of its alternatives in ``folder`` (as 'a|b'); an alternative
+    written 'a+b' needs both files."""
+
+    def present(alternative: str) -> bool:
+        return all((folder / name).is_file() for name in alternative.split("+"))
+
+    return ["|".join(alts) for alts in required if not any(present(alt) for alt in alts)]
 
 
 def cached_snapshot(

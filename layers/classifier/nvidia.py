@@ -89,7 +89,8 @@ class NvidiaClassifier(Classifier):
     float32 on CPU), ``fast_path`` auto|eager|torch|onnx, ``compile`` auto|true|false (auto: CUDA),
     ``length_buckets``, ``threads``, ``max_batch`` (32), ``max_wait_ms`` (2), ``max_length`` (512),
     ``backbone_config`` (DeBERTa config overrides), ``onnx_dir``, ``verify_fast_path`` (true),
-    ``prefix`` (text put before each prompt; the card's usage example writes "Prompt: ").
+    ``prefix`` (text put before each prompt, default none; ``"Prompt: "`` is what the card's usage
+    example writes, and its published example scores reproduce only with it).
     """
 
     name = "nvidia"
@@ -143,6 +144,7 @@ class NvidiaClassifier(Classifier):
         self._tokenizer: Any = None
         self._forward: Any = None
         self._heads: Any = None
+        self.load_report: dict[str, list[str]] = {"missing_keys": [], "unexpected_keys": []}
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -168,6 +170,7 @@ class NvidiaClassifier(Classifier):
         self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
         check_tokenizer(self._tokenizer, str(self.model_dir))
         model, self._heads, _ = load_checkpoint(self.model_dir, self.backbone_overrides)
+        self.load_report = getattr(model, "load_report", self.load_report)  # shown in /health
         self.device = pick_device(self.requested_device)
         self.dtype = str(self.requested_dtype or ("float32" if self.device == "cpu" else "float16"))
         forward = self._choose_forward(model)
@@ -357,6 +360,8 @@ class NvidiaClassifier(Classifier):
             "max_batch": self.batcher.max_batch,
             "batches": self.batcher.batches,
             "largest_batch": self.batcher.largest,
+            "prefix": self.prefix,
+            "checkpoint": self.load_report,  # tensors the file lacks or has beyond the network
         }
 
     async def close(self) -> None:

@@ -17,6 +17,7 @@ constant here (:data:`DEBERTA_V3_BASE`) that a ``backbone_config.json`` next to 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+log = logging.getLogger("compass.classifier.nvidia")
 
 # microsoft/deberta-v3-base config.json (the backbone of the NVIDIA checkpoint).
 DEBERTA_V3_BASE: dict[str, Any] = {
@@ -189,21 +192,43 @@ class PromptTaskComplexityModel(nn.Module):
 def build_model(
     backbone_cfg: dict[str, Any], sizes: Sequence[int], state: dict[str, torch.Tensor] | None = None
 ):
-    """The network, with ``state`` loaded strictly; built on the meta device when weights are given.
+    """The network, with ``state`` loaded leniently, as the card's own loader does.
 
-    Skipping the random initialisation of 184M parameters saves seconds at start-up.
+    The card loads with ``PyTorchModelHubMixin`` (``strict=False``): extra tensors in the file are
+    ignored and absent ones keep their initial values. So do we, but every such key is logged
+    and kept in ``model.load_report`` (``/health`` shows it). With a complete file the network is
+    built on the meta device: skipping the random initialisation of 184M parameters saves seconds.
     """
     if state is None:
         return PromptTaskComplexityModel(backbone_cfg, sizes).eval()
-    with torch.device("meta"):
-        model = PromptTaskComplexityModel(backbone_cfg, sizes)
     state = {
         k: v for k, v in state.items() if not k.endswith("position_ids")
     }  # old checkpoints kept the buffer
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    if missing or unexpected:
-        raise ValueError(
-            f"model.safetensors does not fit the network: missing {missing[:5]}, unexpected {unexpected[:5]}"
+    with torch.device("meta"):
+        probe = PromptTaskComplexityModel(backbone_cfg, sizes)
+    expected = set(probe.state_dict())
+    missing = sorted(k for k in expected - state.keys() if not k.endswith("position_ids"))
+    unexpected = sorted(state.keys() - expected)
+    shapes = sorted(
+        k for k in expected & state.keys() if tuple(state[k].shape) != tuple(probe.state_dict()[k].shape)
+    )
+    if shapes:  # a different architecture, not extra tensors: nothing sensible can be served
+        raise ValueError(f"model.safetensors does not fit the network: wrong shapes for {shapes[:5]}")
+    if missing:  # absent tensors keep their (seeded) initial values, as in the card's loader
+        log.warning(
+            "nvidia checkpoint lacks %d tensors, left at their initial values: %s", len(missing), missing
+        )
+        torch.manual_seed(0)
+        model = PromptTaskComplexityModel(backbone_cfg, sizes)
+        model.load_state_dict(state, strict=False)
+    else:
+        model = probe
+        model.load_state_dict(state, strict=False, assign=True)
+    if unexpected:
+        log.warning(
+            "nvidia checkpoint has %d tensors the network does not use, ignored: %s",
+            len(unexpected),
+            unexpected,
         )
     for name, buffer in list(model.named_buffers()):
         if buffer.is_meta:  # non-persistent buffers (position_ids) are not in the file
@@ -211,6 +236,7 @@ def build_model(
                 raise ValueError(f"buffer {name} has no value after loading")
             owner = model.get_submodule(name.rsplit(".", 1)[0])
             owner.position_ids = torch.arange(buffer.shape[-1]).expand((1, -1))
+    model.load_report = {"missing_keys": missing, "unexpected_keys": unexpected}
     return model.eval()
 
 

@@ -1,7 +1,7 @@
 """Gateway overhead over calling the fake upstream directly, measured side by side in one run.
 
     python -m ops.bench.overhead [--requests 400] [--concurrency 1 32] [--stream]
-                                 [--quick | --ab embedder-wait|embedder-runtime|embedder-threads]
+                                 [--quick | --ab embedder-wait|embedder-runtime|embedder-threads|durability]
 
 The fake upstream and each gateway run as separate processes on loopback; the load client is
 aiohttp. For every concurrency the same request mix goes (a) straight to the fake upstream and
@@ -50,7 +50,22 @@ def embedder_ab(option: str, values: tuple[Any, Any]) -> dict[str, dict[str, Any
     }
 
 
+def durability_ab() -> dict[str, dict[str, Any]]:
+    """Layer 1 off, cache off, so the history write is most of what differs: strict (the
+    default, a 2xx waits for its group commit) against batched (50 ms gather, nothing waits)."""
+    return {
+        f"durability {mode} (#{rep})": {
+            "classifier": {"backend": "length"},
+            "cache": {"enabled": False},
+            "storage": {"durability": mode, "flush_interval_ms": 50},
+        }
+        for rep in (1, 2)
+        for mode in ("strict", "batched")
+    }
+
+
 AB_TESTS: dict[str, dict[str, dict[str, Any]]] = {
+    "durability": durability_ab(),
     "embedder-wait": embedder_ab("max_wait_ms", (2.0, 0.0)),  # batching window vs continuous
     "embedder-runtime": embedder_ab("runtime", ("torch", "onnx")),
     "embedder-threads": embedder_ab("threads", (1, 2)),
@@ -81,7 +96,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--stream", action="store_true", help="also measure streaming requests")
     parser.add_argument("--quick", action="store_true", help="only the layer-1-off variant")
-    parser.add_argument("--ab", choices=sorted(AB_TESTS), help="instead: an A/B/A/B of one embedder option")
+    parser.add_argument("--ab", choices=sorted(AB_TESTS), help="instead: an A/B/A/B of one option")
     args = parser.parse_args()
     behaviour = FakeModelBehaviour(latency_ms=0.0, tokens_per_s=0.0)
     fake = spawn_fake_upstream(FakeUpstreamConfig(models={name: behaviour for name in MODELS}), port=0)
@@ -105,7 +120,10 @@ def main() -> None:
     try:
         for name, overrides in variants.items():
             with tempfile.TemporaryDirectory() as home:
-                config = {"models": pool, "storage": {"flush_interval_ms": 20}, **overrides}
+                # routing overhead without the history's commit wait (batched); --ab durability
+                # measures what the default (strict) adds
+                storage = {"flush_interval_ms": 20, "durability": "batched"}
+                config = {"models": pool, "storage": storage, **overrides}
                 with GatewayProcess(Path(home), config, env={"COMPASS_LOG_LEVEL": "warning"}) as gateway:
                     for stream in modes:
                         for concurrency in args.concurrency:

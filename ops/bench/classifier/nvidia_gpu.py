@@ -4,6 +4,11 @@
                                               [--requests 20000]
     python -m ops.bench.classifier.nvidia_gpu --device cpu --quick     # dry run of the code paths
 
+0. Precision (``nvidia_precision``): a full FP16 cast (eager and the backend's fast path) and
+   autocast, each against FP32 on the device: the largest difference in the complexity scores,
+   tier flips, batch-1 p50. ``--weights DIR`` uses a downloaded checkpoint and its tokenizer on
+   real prompts (record the figures in ``RESULTS_nvidia.md``); otherwise random full-size weights.
+
 Issue targets (an H100 or better): FP16 batch-1 p50 <= 2 ms; micro-batched >= 10,000 prompts/s.
 The network is full-size DeBERTa-v3-base + the eight NVIDIA heads with *random* weights (speed
 does not depend on their values; nothing is downloaded). Inputs: synthetic ids, 32 tokens.
@@ -141,6 +146,7 @@ def main() -> None:
     parser.add_argument("--no-compile", dest="compile", action="store_false")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: check the code paths, no figures")
     parser.add_argument("--out", default="classifier_nvidia_gpu", help="results/<OUT>.json")
+    parser.add_argument("--weights", help="a downloaded NVIDIA checkpoint for the precision section")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -155,8 +161,18 @@ def main() -> None:
     dtype = torch.float16 if device == "cuda" else torch.float32
     compile_ = args.compile and device == "cuda"  # CUDA graphs; on CPU compiling takes minutes
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    from ops.bench.classifier.nvidia_precision import compare, load_real
+    from tests.tiny_checkpoints import NVIDIA_CONFIG
+
+    real = load_real(args.weights)
     start = time.perf_counter()
     cpu, variants = build(device, dtype, compile_)
+    if real is not None:
+        precision = compare(real[0], real[1], device, real[2])
+    else:
+        from layers.classifier.nvidia_model import HeadSpec
+
+        precision = compare(cpu, HeadSpec.from_config(NVIDIA_CONFIG), device)
     diffs = accuracy(cpu, variants, device, dtype)
     compile_s = time.perf_counter() - start
     lat = latency(variants, device, sync, args.runs)
@@ -174,12 +190,37 @@ def main() -> None:
         "dtype": str(dtype),
         "torch": torch.__version__,
         "build_and_compile_s": compile_s,
+        "precision": {"weights": args.weights or "random", "modes": precision},
         "max_abs_diff": diffs,
         "latency_batch1_32_tokens": lat,
         "throughput_32_tokens": tput,
         "backend": backend,
         "quick": args.quick,
     }
+    rich_table(
+        f"complexity score against FP32 on {name} ({args.weights or 'random weights'})",
+        [
+            "mode",
+            "prompts",
+            "max |d| compass",
+            "max |d| card score",
+            "max |d| logits",
+            "tier flips",
+            "b1 p50 ms",
+        ],
+        [
+            [
+                r["mode"],
+                r["prompts"],
+                f"{r['max_diff_compass_complexity']:.2e}",
+                f"{r['max_diff_prompt_complexity_score']:.2e}",
+                f"{r['max_diff_logits']:.2e}",
+                sum(r["tier_flips"].values()),
+                r["batch1_p50_ms"],
+            ]
+            for r in precision
+        ],
+    )
     rich_table(
         f"NVIDIA classifier on {name}: max |diff| of the logits",
         ["comparison", "max |diff|"],
