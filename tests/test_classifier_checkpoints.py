@@ -146,9 +146,9 @@ def test_a_checkpoint_of_another_shape_is_still_an_error(tiny: Path, tmp_path: P
 def test_health_shows_the_checkpoints_ignored_keys(tiny: Path, tmp_path: Path) -> None:
     from litestar.testing import TestClient
 
-    from compass.app import create_app
+    from compass.http.app import create_app
     from compass.services import build_services
-    from compass.upstream_mock import MockUpstream
+    from compass.upstream.mock import MockUpstream
     from tests.helpers import MOCK_POOL, make_settings
 
     options = {"path": str(variant(tiny, tmp_path / "extra", extra=True)), "fast_path": "eager"}

@@ -11,6 +11,7 @@ import datetime as dt
 import hashlib
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -92,11 +93,12 @@ def test_sigterm_lets_in_flight_requests_finish_and_flushes_rows(
     config = gateway_config(upstream.url, storage={"flush_interval_ms": 200, "retention_days": 30})
     gateway = GatewayProcess(tmp_path, config, env=env_offline()).start()
     results: list[httpx.Response] = []
+    marker = f"slow-{uuid.uuid4().hex}"
 
     def ask(index: int) -> None:
         body = {
             "model": "auto",
-            "messages": [{"role": "user", "content": f"slow {index} [[fake:delay_ms=1500]]"}],
+            "messages": [{"role": "user", "content": f"{marker} {index} [[fake:delay_ms=1500]]"}],
             "stream": index % 2 == 1,
         }
         results.append(httpx.post(f"{gateway.url}/v1/chat/completions", json=body, timeout=30))
@@ -106,7 +108,7 @@ def test_sigterm_lets_in_flight_requests_finish_and_flushes_rows(
         thread.start()
     deadline = time.monotonic() + 20  # all six are waiting on the upstream (a busy machine is slow)
     while time.monotonic() < deadline:
-        if sum("slow " in str(body.get("messages")) for body in list(upstream.history)) >= 6:
+        if sum(marker in str(body.get("messages")) for body in list(upstream.history)) >= 6:
             break
         time.sleep(0.05)
     time.sleep(0.1)

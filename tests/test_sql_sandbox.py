@@ -19,9 +19,9 @@ import duckdb
 import pytest
 from litestar.testing import TestClient
 
-from compass.app import create_app
+from compass.http.app import create_app
 from compass.services import build_services
-from compass.upstream_mock import MockUpstream
+from compass.upstream.mock import MockUpstream
 from tests.helpers import MOCK_POOL, make_settings
 
 SQL = "/admin/api/sql"
