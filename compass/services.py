@@ -97,7 +97,17 @@ class Services:
         applied = self.db.open()
         if applied:
             log.info("database %s: applied migrations %s", settings.database_path, ", ".join(applied))
-        self.history = HistoryWriter(self.db, settings.storage.flush_interval_ms, settings.storage.batch_size)
+        journal = None
+        if settings.storage.durability == "journal":
+            from compass.storage.journal import Journal, recover
+
+            recovered = self.db.run_sync(recover, settings.journal_path)  # before a new segment opens
+            if recovered:
+                log.warning("history: %d rows from before a crash recovered from the journal", recovered)
+            journal = Journal(settings.journal_path)
+        self.history = HistoryWriter(
+            self.db, settings.storage.flush_interval_ms, settings.storage.batch_size, journal=journal
+        )
         self.history.start()
         await self.upstream.start(self.models)
         await self._start_embedder()

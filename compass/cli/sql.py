@@ -36,6 +36,25 @@ def query_server(url: str, sql: str, limit: int) -> dict[str, Any]:
     return body
 
 
+def recover_journal(path: Path) -> int:
+    """Rows a crashed server acknowledged but had not written yet, moved into the file first."""
+    from compass.storage.journal import recover, segments
+
+    journal = path.parent / (path.stem + ".journal")
+    if not journal.is_dir() or not segments(journal):
+        return 0
+    import duckdb
+
+    try:
+        con = duckdb.connect(str(path))
+    except duckdb.Error:
+        return 0  # held by another process: that one recovers
+    try:
+        return recover(con, journal)
+    finally:
+        con.close()
+
+
 def query_file(path: Path, sql: str, limit: int) -> dict[str, Any]:
     """No server running: open the DuckDB file read-only in this process."""
     import duckdb
@@ -45,6 +64,7 @@ def query_file(path: Path, sql: str, limit: int) -> dict[str, Any]:
 
     if not path.exists():
         raise RuntimeError(f"no history yet: {path} does not exist (start the server first)")
+    recover_journal(path)
     try:
         con = duckdb.connect(str(path), read_only=True)
     except duckdb.Error as exc:

@@ -5,7 +5,10 @@ as ``batch_size`` rows wait) and inserts the batch as one Arrow table: one state
 not one per row. ``close()`` drains the queue, so after a clean stop every answered request is
 in the file.
 
-Crash bound (``kill -9``): with ``storage.durability: strict`` (the default) a response is
+Crash bound (``kill -9``): with ``storage.durability: journal`` (the default) each row is
+appended to an on-disk journal before its response is sent and batched into DuckDB as below;
+rows a crash kept out of DuckDB are inserted at the next start (``compass.storage.journal``).
+With ``storage.durability: strict`` a response is
 released only after its row is committed: group commit, so the writer starts an insert as soon as
 a durable row waits (no gather window), and rows that arrive while one insert runs go together
 in the next, one transaction for all of them. Every request that got a 2xx is in the file; the
@@ -144,8 +147,11 @@ _STOP: dict[str, Any] = {}
 
 
 class HistoryWriter:
-    def __init__(self, db: Database, flush_interval_ms: float = 50.0, batch_size: int = 512) -> None:
+    def __init__(
+        self, db: Database, flush_interval_ms: float = 50.0, batch_size: int = 512, journal: Any = None
+    ) -> None:
         self.db = db
+        self.journal = journal  # compass.storage.journal.Journal under durability: journal
         self.flush_interval_s = flush_interval_ms / 1000.0
         self.batch_size = batch_size
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -166,6 +172,8 @@ class HistoryWriter:
         if durable:
             future = asyncio.get_running_loop().create_future()
             row["_committed"] = future
+        elif self.journal is not None:
+            row["_journal"] = self.journal.append(row)  # on disk before the caller answers
         self._queue.put_nowait(row)
         self._queued += 1
         return future
@@ -197,10 +205,13 @@ class HistoryWriter:
 
     async def _write(self, batch: list[dict[str, Any]]) -> None:
         futures = [row.pop("_committed") for row in batch if "_committed" in row]
+        journaled = [row.pop("_journal") for row in batch if "_journal" in row]
         try:
             await self._insert(batch)
         finally:
             self._processed += len(batch)
+            if self.journal is not None and journaled:
+                self.journal.committed(journaled)
             for future in futures:
                 if not future.done():
                     future.set_result(None)
@@ -244,3 +255,5 @@ class HistoryWriter:
                 rest.append(row)
         if rest:
             await self._write(rest)
+        if self.journal is not None:
+            self.journal.close()

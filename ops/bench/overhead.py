@@ -51,8 +51,9 @@ def embedder_ab(option: str, values: tuple[Any, Any]) -> dict[str, dict[str, Any
 
 
 def durability_ab() -> dict[str, dict[str, Any]]:
-    """Layer 1 off, cache off, so the history write is most of what differs: strict (the
-    default, a 2xx waits for its group commit) against batched (50 ms gather, nothing waits)."""
+    """Layer 1 off, cache off, so the history write is most of what differs: journal (the
+    default: each row appended to the on-disk journal before its 2xx, then batched), strict (a 2xx
+    waits for its fsync'd group commit) and batched (50 ms gather, nothing on disk first)."""
     return {
         f"durability {mode} (#{rep})": {
             "classifier": {"backend": "length"},
@@ -60,7 +61,7 @@ def durability_ab() -> dict[str, dict[str, Any]]:
             "storage": {"durability": mode, "flush_interval_ms": 50},
         }
         for rep in (1, 2)
-        for mode in ("strict", "batched")
+        for mode in ("journal", "strict", "batched")
     }
 
 
