@@ -60,7 +60,7 @@ def query_file(path: Path, sql: str, limit: int) -> dict[str, Any]:
     import duckdb
 
     from compass.errors import InvalidRequest
-    from compass.http.admin import run_read_query
+    from compass.storage.analysis import run_read_query
 
     if not path.exists():
         raise RuntimeError(f"no history yet: {path} does not exist (start the server first)")

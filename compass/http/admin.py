@@ -7,7 +7,7 @@ and the savings against always calling the strongest model, both computed from t
 
 ``POST /admin/api/sql`` is how ``compass sql`` analyses history while the server runs: DuckDB
 lets one process hold the file read-write, so queries go to the process that holds it. Only
-read statements are accepted (checked with DuckDB's own parser, not a regex), and they run on an
+read statements are accepted (``compass.storage.analysis``), and they run on an
 instance with external access off and its configuration locked (``compass.storage.db``), so a
 query sees the database and nothing else: no file, URL, extension or setting.
 """
@@ -15,10 +15,7 @@ query sees the database and nothing else: no file, URL, extension or setting.
 from __future__ import annotations
 
 import datetime as dt
-import decimal
 import math
-import re
-import uuid
 from importlib import resources
 from pathlib import PurePosixPath
 from typing import Annotated, Any
@@ -27,15 +24,12 @@ import msgspec
 from litestar import Request, Response, delete, get, post
 from litestar.params import Parameter
 
-from compass.errors import InvalidRequest, NotFound, PermissionDenied
+from compass.errors import NotFound, PermissionDenied
 from compass.http.auth import bearer_token, caller_for, keyring
 from compass.services import Services
+from compass.storage.analysis import MAX_SQL_ROWS, run_read_query
 from compass.storage.history import utcnow
 
-READ_STATEMENTS = frozenset({"SELECT", "EXPLAIN"})
-# EXPLAIN ANALYZE runs its statement: what follows EXPLAIN must itself be a SELECT.
-EXPLAIN_PREFIX = re.compile(r"\s*EXPLAIN\s+(?:\([^)]*\)\s*)?(?:ANALY[SZ]E\s+)?", re.IGNORECASE)
-MAX_SQL_ROWS = 10_000
 STATIC_TYPES = {
     ".js": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
@@ -68,84 +62,6 @@ def require_admin(request: Request, services: Services) -> None:
 def static_bytes(name: str) -> bytes:
     """A file under ``compass/http/static`` (package data, so it ships in the wheel)."""
     return resources.files("compass.http").joinpath("static", *PurePosixPath(name).parts).read_bytes()
-
-
-def check_read_only(con: Any, sql: str) -> None:
-    """One SELECT (or WITH ... SELECT, or EXPLAIN of one); anything else is a 400 naming it."""
-    import duckdb
-
-    try:
-        statements = con.extract_statements(sql)
-    except duckdb.Error as exc:
-        raise InvalidRequest(f"SQL does not parse: {exc}", param="sql") from exc
-    if len(statements) != 1:
-        raise InvalidRequest("send exactly one SQL statement", param="sql")
-    kind = statements[0].type.name
-    if kind == "EXPLAIN":
-        prefix = EXPLAIN_PREFIX.match(statements[0].query)
-        try:
-            inner = con.extract_statements(statements[0].query[prefix.end() :]) if prefix else []
-        except duckdb.Error:
-            inner = []
-        kind = inner[0].type.name if len(inner) == 1 else "EXPLAIN of a statement that is not a SELECT"
-        if kind == "EXPLAIN":
-            kind = "nested EXPLAIN"
-    if kind not in READ_STATEMENTS:
-        raise InvalidRequest(
-            f"only read-only queries (SELECT, WITH, EXPLAIN) are allowed here, not {kind}"
-            " (ATTACH, COPY, EXPORT, INSTALL, LOAD, SET, PRAGMA and CALL are refused)",
-            param="sql",
-        )
-
-
-def jsonable(value: Any) -> Any:
-    if isinstance(value, (dt.datetime, dt.date, dt.time)):
-        return value.isoformat()
-    if isinstance(value, decimal.Decimal):
-        return float(value)
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    if isinstance(value, (bytes, bytearray)):
-        return value.hex()
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    return value
-
-
-def run_read_query(con: Any, sql: str, limit: int) -> dict[str, Any]:
-    import duckdb
-
-    check_read_only(con, sql)
-    try:
-        cur = con.cursor()
-        try:
-            result = cur.execute(sql)
-            columns = [d[0] for d in result.description] if result.description else []
-            types = [str(d[1]) for d in result.description] if result.description else []
-            rows = result.fetchmany(limit + 1)
-        finally:
-            cur.close()
-    except duckdb.PermissionException as exc:
-        raise InvalidRequest(
-            f"this query reaches outside the database (files, URLs, extensions or settings), which"
-            f" the SQL endpoint does not allow: {exc}",
-            param="sql",
-        ) from exc
-    except (duckdb.Error, ValueError, TypeError, OverflowError) as exc:  # also values Python cannot hold
-        raise InvalidRequest(f"SQL error: {exc}", param="sql") from exc
-    truncated = len(rows) > limit
-    rows = rows[:limit]
-    return {
-        "columns": columns,
-        "types": types,
-        "rows": [[jsonable(v) for v in row] for row in rows],
-        "row_count": len(rows),
-        "truncated": truncated,
-    }
 
 
 HITS = "cache_status IN ('exact', 'semantic')"
