@@ -16,7 +16,15 @@ from typing import Any
 import msgspec
 
 from compass.errors import CompassError, InvalidRequest, UpstreamError
-from compass.routing import RouteDecision, approx_tokens, make_prompt, new_request_id, route, routing_object
+from compass.routing import (
+    RouteDecision,
+    approx_tokens,
+    make_prompt,
+    new_request_id,
+    requested_candidates,
+    route,
+    routing_object,
+)
 from compass.services import Services
 from compass.storage.history import utcnow
 from compass.wire import ChatCompletionRequest, last_user_text, messages_as_dicts, upstream_params
@@ -103,6 +111,15 @@ class Exchange:
 
         return bool(is_cacheable(self.params, self.services.settings.cache.options))
 
+    def _required_capability(self) -> float:
+        """What a cached answer must have been produced by (``layers.cache.keys.required_capability``)."""
+        from layers.cache.keys import required_capability
+
+        assert self.decision is not None and self.model is not None
+        routed = self.decision.method != "user_specified"
+        pool = requested_candidates(self.services, self.request) if routed else [self.model]
+        return required_capability(self.model, routed, pool)
+
     async def _cache_lookup(self) -> dict[str, Any] | None:
         cache = self.services.cache
         if cache is None:
@@ -118,7 +135,7 @@ class Exchange:
             return None
         start = time.perf_counter()
         assert self.model is not None
-        hit = await cache.lookup(self.cache_key, self.prompt, min_capability=self.model.capability)
+        hit = await cache.lookup(self.cache_key, self.prompt, min_capability=self._required_capability())
         self.cache_ms = (time.perf_counter() - start) * 1000
         if hit is None:
             self.cache = {"status": "miss"}

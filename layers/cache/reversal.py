@@ -11,8 +11,9 @@ entity checks see the same words on both sides. Two checks on the prompts' conte
 * ``order``: the words both prompts share exactly once (anchors) are in another order. Parts
   that keep their place on both ends are set aside; what is left is allowed only when it is one
   phrase moved to the other end ("In Python, how do I sort a list" / "How do I sort a list in
-  Python") or two parts swapped around a symmetric word ("between TCP and UDP" / "between UDP
-  and TCP"), with nothing but symmetric words between them. So "A to B" / "B to A", "A taller
+  Python"), two parts swapped around a symmetric word ("between TCP and UDP" / "between UDP
+  and TCP"), or swapped with nothing but symmetric words between them on one side ("the future
+  of the party" / "the party's future"). So "A to B" / "B to A", "A taller
   than B" / "B taller than A" and "the dog bit the man" / "the man bit the dog" are refused.
 
 Function words (``lexicon.FILLER``) are skipped, so "How do I make..." / "How should I make..."
@@ -144,7 +145,9 @@ def _order(ta: tuple[str, ...], tb: tuple[str, ...]) -> bool:
     # What lies between the two outer parts, in A (first ... last) and in B (last ... first).
     between_a = ta[pos_a[first[1]] + 1 : pos_a[last[0]]]
     between_b = tb[full_b[seq_a[last[1]]] + 1 : full_b[seq_a[first[0]]]]
-    return not (_symmetric(between_a) and _symmetric(between_b))
+    # A pivot on both sides ("A to B" / "B to A", "A hired B" / "B hired A") swaps roles; a
+    # phrase that loses its preposition ("the future of X" / "X's future") does not.
+    return not (_symmetric(between_a) or _symmetric(between_b))
 
 
 def reversal(a: str, b: str) -> str | None:

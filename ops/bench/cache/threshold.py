@@ -185,7 +185,7 @@ def main() -> None:
     refusals = {
         f"label{lab}": {
             reason: int(sum(1 for r, y in zip(reasons, labels, strict=True) if r == reason and y == lab))
-            for reason in ("numbers", "negation", "entities")
+            for reason in ("numbers", "negation", "entities", "antonym", "order")
         }
         for lab in (0, 1)
     }
