@@ -54,7 +54,7 @@ selector:                    # Layer 2
 
 cache:                       # Layer 3
   enabled: true
-  options: {}                # e.g. {threshold: 0.96, ttl_s: 604800, max_entries: 100000,
+  options: {}                # e.g. {threshold: 0.955, ttl_s: 604800, max_entries: 100000,
                              #       max_temperature: 0.3, cache_unset_temperature: true}
 
 storage:

@@ -21,6 +21,7 @@ from compass.pipeline.routing import (
     approx_tokens,
     make_prompt,
     new_request_id,
+    requested_candidates,
     route,
     routing_object,
 )
@@ -117,6 +118,15 @@ class Exchange:
 
         return bool(is_cacheable(self.params, self.services.settings.cache.options))
 
+    def _required_capability(self) -> float:
+        """What a cached answer must have been produced by (``layers.cache.keys.required_capability``)."""
+        from layers.cache.keys import required_capability
+
+        assert self.decision is not None and self.model is not None
+        routed = self.decision.method != "user_specified"
+        pool = requested_candidates(self.services, self.request) if routed else [self.model]
+        return required_capability(self.model, routed, pool)
+
     async def _cache_lookup(self) -> dict[str, Any] | None:
         cache = self.services.cache
         if cache is None:
@@ -133,7 +143,7 @@ class Exchange:
         start = time.perf_counter()
         self.timeline["cache_ms"] = (start - self.started) * 1000
         assert self.model is not None
-        hit = await cache.lookup(self.cache_key, self.prompt, min_capability=self.model.capability)
+        hit = await cache.lookup(self.cache_key, self.prompt, min_capability=self._required_capability())
         self.cache_ms = (time.perf_counter() - start) * 1000
         if hit is None:
             self.cache = {"status": "miss"}

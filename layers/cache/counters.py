@@ -11,7 +11,7 @@ from collections import Counter
 from typing import Any
 
 Key = tuple[str, str]  # (tenant, counter name)
-REFUSALS = ("capability", "numbers", "negation", "entities")
+REFUSALS = ("capability", "numbers", "negation", "entities", "antonym", "order")
 EVICTIONS = ("lru", "ttl", "feedback", "replaced", "retention")
 
 

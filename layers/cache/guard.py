@@ -12,7 +12,10 @@ refuses the hit when any differs:
   negating prefix ("unsafe" vs "safe", "dislike" vs "like");
 * named entities: capitalised words that do not start a sentence, acronyms, quoted strings.
   Each entity of one prompt must occur (case-insensitively, as a word) in the other; so
-  "python" vs "Python" still matches, "France" vs "Spain" does not.
+  "python" vs "Python" still matches, "France" vs "Spain" does not;
+* order, direction and opposites (``layers.cache.reversal``): "Celsius to Fahrenheit" vs
+  "Fahrenheit to Celsius", "A taller than B" vs "B taller than A", "ascending" vs "descending",
+  "install" vs "uninstall".
 
 It is deliberately lexical (no model): microseconds per check, and its effect on recall and false
 hits is measured on QQP in ``ops/bench/cache`` (see BENCHMARKS.md).
@@ -25,6 +28,8 @@ import unicodedata
 from collections import Counter
 from functools import lru_cache
 from typing import NamedTuple
+
+from layers.cache.reversal import reversal
 
 _NUMBER_WORDS = {
     "zero": "0",
@@ -187,7 +192,11 @@ def _prefixed_antonym(words: frozenset[str], other: frozenset[str]) -> bool:
 
 
 def near_miss(a: str, b: str) -> str | None:
-    """Why ``a`` and ``b`` must not share an answer ("numbers", "negation", "entities"), else None."""
+    """Why ``a`` and ``b`` must not share an answer, else None.
+
+    The reasons: "numbers", "negation", "entities", then "antonym" and "order"
+    (``layers.cache.reversal``: opposites, inverse operations, swapped roles or direction).
+    """
     sa, sb = signature(a), signature(b)
     if sa.numbers != sb.numbers:
         return "numbers"
@@ -201,7 +210,7 @@ def near_miss(a: str, b: str) -> str | None:
             return "entities"
         if not all(_contains(e, sa, la) for e in sb.entities):
             return "entities"
-    return None
+    return reversal(a, b)
 
 
 def counts(texts: list[str]) -> Counter[str]:

@@ -23,11 +23,14 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from layers.cache.base import CacheKey
+
+if TYPE_CHECKING:
+    from layers.types import ModelSpec
 
 KEY_VERSION = 1
 
@@ -133,3 +136,17 @@ def is_cacheable(params: dict[str, Any], options: dict[str, Any] | None = None) 
     if temperature is None:
         return bool(options.get("cache_unset_temperature", DEFAULT_CACHE_UNSET_TEMPERATURE))
     return float(temperature) <= float(options.get("max_temperature", DEFAULT_MAX_TEMPERATURE))
+
+
+def required_capability(chosen: ModelSpec, routed: bool, candidates: list[ModelSpec]) -> float:
+    """The capability a cached answer's model needs: the same for every repeat of a request.
+
+    A request that names a model wants answers at least as capable as that model. A routed one
+    (``auto``, ``compass/*``) accepts whatever Layer 2 may choose for it, and Thompson sampling
+    may choose any candidate: comparing with the one model it drew this time made an exact
+    repeat hit or miss by the luck of the draw. So the bar is the weakest of the request's
+    candidates (its ``compass.candidates`` or the pool, circuit state ignored).
+    """
+    if not routed or not candidates:
+        return chosen.capability
+    return min(m.capability for m in candidates)

@@ -30,7 +30,6 @@ import asyncio
 import logging
 import math
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -45,6 +44,14 @@ from layers.cache.guard import near_miss
 from layers.cache.index import single_threaded_here
 from layers.cache.keys import normalise_text
 from layers.cache.live import LiveIndex
+from layers.cache.options import (  # noqa: F401 - DEFAULT_THRESHOLD, STORE_WAIT_S re-exported
+    CAPABILITY_EPS,
+    DEFAULT_THRESHOLD,
+    DEFAULTS,
+    MAX_GLOBAL_K,
+    STORE_WAIT_S,
+)
+from layers.cache.writes import CacheWrites, _InFlight
 from layers.types import EmbedderBusy
 
 if TYPE_CHECKING:
@@ -54,52 +61,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("compass.cache")
 
-# Chosen on GPTCache's QQP pairs (ops/bench/cache/threshold.py, docs/cache/threshold.png): the
-# lowest threshold whose false-hit rate (share of non-duplicate pairs that would be served) stays
-# <= 1 % with the guard on: 0.93 % on 12,533 hard negatives, keeping 15.5 % of the duplicates.
-DEFAULT_THRESHOLD = 0.96
 
-DEFAULTS: dict[str, Any] = {
-    "threshold": DEFAULT_THRESHOLD,  # cosine similarity for a semantic hit
-    "guard": True,  # refuse semantic hits that differ in numbers, negation or named entities
-    "semantic": True,  # false: exact tier only
-    "index": "hnsw",  # "hnsw" (approximate, ~0.3 ms at 100k) or "flat" (exact, ~14 ms at 100k)
-    "index_options": {},  # e.g. {"hnsw_m": 32, "ef_search": 64}
-    "index_path": None,  # the FAISS file; None keeps the index in memory (rebuilt at start)
-    "ttl_s": 7 * 86400,  # entries older than this are never served (0: no expiry)
-    "max_entries": 100_000,  # least recently used entries are evicted beyond this
-    "top_k": 8,  # semantic candidates above the threshold checked per lookup
-    "semantic_max_chars": 1000,  # longer turns: exact tier only (MiniLM reads ~256 word pieces)
-    "subset_max": 2048,  # scopes up to this size are searched exactly among their own vectors
-    "store_finish_reasons": ["stop", "tool_calls", "function_call"],
-    "save_interval_s": 300,  # how often a changed index is written to index_path
-    "sweep_interval_s": 60,  # how often a store also evicts expired entries
-    "dim": None,  # embedding dimension; default: the embedder's
-    "embed_wait_ms": 500,  # a lookup waits this long for the query embedding, then is a miss
-    "single_threaded_search": True,  # no OpenMP fan-out for one query (see index.single_threaded_here)
-    # The sampling policy, read by the gateway through ``layers.cache.keys.is_cacheable``.
-    "max_temperature": 0.3,
-    "cache_unset_temperature": True,  # no temperature in the request: cacheable
-    "cache_all": False,
-}
-CAPABILITY_EPS = 1e-9
-MAX_GLOBAL_K = 1024  # candidates fetched from the shared index for one scope among many
-# How long a repeat waits for the same question's answer that is being stored: less than an
-# upstream call takes, more than a store takes unless the embedder is backed up.
-STORE_WAIT_S = 2.0
-
-
-class _InFlight:
-    """Background stores of one exact key: resolved when the last of them ends."""
-
-    __slots__ = ("count", "done")
-
-    def __init__(self, done: asyncio.Future[None]) -> None:
-        self.count = 0
-        self.done = done
-
-
-class SemanticCache(ResponseCache):
+class SemanticCache(CacheWrites, ResponseCache):
     name: ClassVar[str] = "semantic"
 
     def __init__(self, options: dict[str, Any] | None = None, db: Any = None, embedder: Any = None) -> None:
@@ -341,172 +304,11 @@ class SemanticCache(ResponseCache):
 
     # -- store and evict -----------------------------------------------------------------------
 
-    def refusal(self, response: dict[str, Any]) -> str | None:
-        """Why an answer must not be stored (None: store it).
-
-        Only complete answers: every choice must end with a finish reason in
-        ``store_finish_reasons`` (``stop``, ``tool_calls``; never ``length`` or
-        ``content_filter``) and carry content or tool calls; refusals and errors are not stored.
-        """
-        if not isinstance(response, dict) or response.get("error"):
-            return "error"
-        choices = response.get("choices") or []
-        if not choices:
-            return "no choices"
-        for choice in choices:
-            reason = choice.get("finish_reason")
-            if reason not in self.store_finish_reasons:
-                return f"finish_reason {reason!r}"
-            message = choice.get("message") or {}
-            if message.get("refusal"):
-                return "refusal"
-            if not (message.get("content") or message.get("tool_calls") or message.get("function_call")):
-                return "empty answer"
-        return None
-
-    async def store(
-        self,
-        key: CacheKey,
-        prompt: Prompt,
-        response: dict[str, Any],
-        model: str,
-        capability: float,
-        request_id: str,
-        cost_usd: float | None = None,
-    ) -> str | None:
-        try:
-            return await self._store(key, prompt, response, model, capability, request_id, cost_usd)
-        except EmbedderBusy:  # overloaded: skipping a store loses a future hit, queueing loses memory
-            self.counters.count(key.tenant, "store_skipped_busy")
-            return None
-        finally:
-            self._storing_requests.pop(request_id, None)
-            pending = self._storing.get(key.exact)
-            if pending is not None:
-                pending.count -= 1
-                if pending.count <= 0:
-                    del self._storing[key.exact]
-                    pending.done.set_result(None)
-
-    def storing(self, key: CacheKey, request_id: str) -> None:
-        """A store of ``key`` is about to run in the background: lookups of it wait for it briefly."""
-        pending = self._storing.get(key.exact)
-        if pending is None:
-            pending = self._storing[key.exact] = _InFlight(asyncio.get_running_loop().create_future())
-        pending.count += 1
-        self._storing_requests[request_id] = pending
-
-    async def _store(
-        self,
-        key: CacheKey,
-        prompt: Prompt,
-        response: dict[str, Any],
-        model: str,
-        capability: float,
-        request_id: str,
-        cost_usd: float | None,
-    ) -> str | None:
-        if self.refusal(response) is not None:
-            self.counters.count(key.tenant, "store_refused")
-            return None
-        vector = await self._embedding(key, prompt, wait=None)  # in the background: no budget
-        if vector.shape != (self.dim,):
-            raise ValueError(f"embedding of shape {vector.shape}, expected ({self.dim},)")
-        usage = response.get("usage") or {}
-        body = msgspec.json.encode(response).decode()
-        async with self._lock:
-            now = self.clock()
-            entry = Entry(
-                vector_id=self._next_vector_id,
-                id=f"ce-{uuid.uuid4().hex[:24]}",
-                tenant=key.tenant,
-                scope=key.scope,
-                exact=key.exact,
-                query=key.query,
-                model=model,
-                capability=float(capability),
-                request_id=request_id,
-                created_at=now,
-                last_hit_at=now,
-                prompt_tokens=usage.get("prompt_tokens"),
-                completion_tokens=usage.get("completion_tokens"),
-                cost_usd=cost_usd,
-                semantic=self._semantic_ok(key.query),
-            )
-            self._next_vector_id += 1
-            victims = self._displaced(entry, now)
-            new: Counter[tuple[str, str]] = Counter({(key.tenant, "stores"): 1})
-            for victim, reason in victims:
-                new[(victim.tenant, f"evicted_{reason}")] += 1
-            gone = [v.id for v, _ in victims]
-            increments = self.counters.take_pending() + new
-            await self.db.run(store.write_entry, entry.row(), vector, body, gone, increments)
-            self.counters.written(new)
-            self._remove_locked([v for v, _ in victims])
-            self.entries.add(entry)
-            self.live.add(entry.vector_id, vector)
-            self.live.maybe_compact(self._spawn)
-        return entry.id
-
-    def _displaced(self, entry: Entry, now: float) -> list[tuple[Entry, str]]:
-        """What a new entry evicts: the entry it replaces, expired entries (each sweep), LRU ones."""
-        victims: dict[str, tuple[Entry, str]] = {}
-        same = self.entries.by_exact.get(entry.exact)
-        if same is not None:
-            victims[same.id] = (same, "replaced")  # newest answer wins (``refresh`` relies on it)
-        if self.ttl_s and now - self._last_sweep >= self.sweep_interval_s:
-            self._last_sweep = now
-            for old in self.entries.expired(now - self.ttl_s):
-                victims.setdefault(old.id, (old, "ttl"))
-        overflow = len(self.entries) + 1 - len(victims) - self.max_entries
-        if overflow > 0:
-            for old in self.entries.least_recent(overflow, keep=set(victims)):
-                victims[old.id] = (old, "lru")
-        return list(victims.values())
-
-    async def evict_request(self, request_id: str) -> int:
-        """Evict what ``request_id`` produced and the entry it was served from (negative feedback)."""
-        pending = self._storing_requests.get(request_id)
-        if pending is not None:  # its answer may still be on its way into the cache
-            await asyncio.wait([pending.done], timeout=5.0)
-        ids = set(self.entries.by_request.get(request_id, ()))
-        served = await self.db.run(store.served_entry, request_id)
-        if served:
-            ids.add(served)
-        return await self._evict([self.entries.by_id[i] for i in ids if i in self.entries], "feedback")
-
-    async def evict_entry(self, entry_id: str) -> int:
-        entry = self.entries.by_id.get(entry_id)
-        return 0 if entry is None else await self._evict([entry], "feedback")
-
-    async def evict_older_than(self, cutoff: float) -> int:
-        """Evict entries created before ``cutoff`` (epoch seconds): the history retention job."""
-        return await self._evict(self.entries.expired(cutoff), "retention")
-
-    async def _evict(self, victims: list[Entry], reason: str) -> int:
-        async with self._lock:
-            unique = {v.id: v for v in victims if v.id in self.entries}  # another writer may have won
-            victims = list(unique.values())
-            if not victims:
-                return 0
-            new: Counter[tuple[str, str]] = Counter()
-            for victim in victims:
-                new[(victim.tenant, f"evicted_{reason}")] += 1
-            increments = self.counters.take_pending() + new
-            await self.db.run(store.delete_entries, [v.id for v in victims], increments)
-            self.counters.written(new)
-            self._remove_locked(victims)
-            self.live.maybe_compact(self._spawn)
-        return len(victims)
-
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-    def _remove_locked(self, victims: list[Entry]) -> None:
-        self.live.remove([v.vector_id for v in victims if self.entries.remove(v)])
 
     def stats(self, tenant: str | None = None) -> dict[str, Any]:
         """Entries, hits by tier, hit rate, refusals, evictions, savings; the index when global."""

@@ -36,7 +36,7 @@ from layers.cache.guard import near_miss
 from ops.bench.cache.vectors import RESULTS, load_pairs, qqp_vectors, texts_for_pairs, unique_texts
 
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "cache"
-THRESHOLDS = [round(0.70 + 0.01 * i, 2) for i in range(29)]  # 0.70 .. 0.98
+THRESHOLDS = [round(0.70 + 0.005 * i, 3) for i in range(57)]  # 0.70 .. 0.98 in steps of 0.005
 
 
 Curves = dict[str, list[dict[str, float]]]
@@ -185,7 +185,7 @@ def main() -> None:
     refusals = {
         f"label{lab}": {
             reason: int(sum(1 for r, y in zip(reasons, labels, strict=True) if r == reason and y == lab))
-            for reason in ("numbers", "negation", "entities")
+            for reason in ("numbers", "negation", "entities", "antonym", "order")
         }
         for lab in (0, 1)
     }
