@@ -4,8 +4,10 @@ Reproducible from ``../shared/data`` (override with ``COMPASS_SHARED``)::
 
     python -m ops.scripts.build_classifier_data
 
-Only Apache-2.0 / MIT sources are read (see ``data/classifier/README.md`` for the labelling rules).
-Embeddings are cached under ``~/.cache/compass/classifier_build`` so a rerun only refits.
+Only Apache-2.0 / MIT sources and the prompts written for this repository
+(``ops/scripts/classifier_demand.py``: chit-chat → simple, expert → complex, training only) are
+read (see ``data/classifier/README.md`` for the labelling rules). Embeddings are cached per text
+under ``~/.cache/compass/classifier_build`` (``$COMPASS_CACHE_DIR``) so a rerun only refits.
 scikit-learn is used here (it comes with sentence-transformers); serving needs numpy only.
 """
 
@@ -58,6 +60,13 @@ MT_BENCH_TASK = {
 # AlpacaEval's instruction set is CC BY-NC 4.0 on the Hugging Face Hub although the GitHub repo it
 # was copied from is Apache-2.0: its texts are kept out of the shipped held-out file.
 NO_TEXT_SHIPPED = {"alpaca-eval"}
+# Demand labels: what a prompt asks for, not which model answered. They go to the training split
+# only (their evaluation is a separate, independently written set) and count DEMAND_WEIGHT times.
+TRAIN_ONLY = {"demand-chitchat", "demand-expert"}
+DEMAND_WEIGHT = 8.0
+# The C that 5-fold CV picks on the outcome rows alone; with the demand rows CV prefers 3, which
+# costs 0.01 of held-out outcome accuracy. ``--tier-c 0`` restores the CV search.
+TIER_C = 1.0
 ARENA_TASK = {"coding": "code", "math": "math", "creative_writing": "creative_writing"}
 # AlpacaEval instructions are "general" unless one of these cues says otherwise; then the task is
 # left unknown (masked) rather than guessed, so no heuristic ever writes a positive task label.
@@ -136,6 +145,11 @@ def load_records(shared: Path) -> list[dict[str, Any]]:
         task = None if NOT_GENERAL.search(text) else "general"
         records.append({"text": text, "tier": "simple", "task": task, "source": "alpaca-eval"})
 
+    from ops.scripts.classifier_demand import CHITCHAT, EXPERT
+
+    records += [{"text": t, "tier": "simple", "task": None, "source": "demand-chitchat"} for t in CHITCHAT]
+    records += [{"text": t, "tier": "complex", "task": None, "source": "demand-expert"} for t in EXPERT]
+
     seen: set[str] = set()
     unique = []
     for record in records:
@@ -153,21 +167,28 @@ def is_test(text: str) -> bool:
 
 
 def embed_all(texts: list[str]) -> np.ndarray:
-    """MiniLM vectors of ``texts`` (cached by content hash)."""
+    """MiniLM vectors of ``texts``, cached per text: adding a source embeds only its own prompts."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    key = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
-    path = CACHE / f"minilm_{key}.npy"
+    path = CACHE / "minilm_vectors.npz"
+    keys = [hashlib.sha256(t.encode()).hexdigest()[:24] for t in texts]
+    cached: dict[str, np.ndarray] = {}
     if path.exists():
-        return np.load(path)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from layers.embedding import Embedder
+        with np.load(path, allow_pickle=False) as data:
+            cached = dict(zip(data["keys"].tolist(), data["vectors"], strict=True))
+    missing = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in cached}.items())
+    if missing:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from layers.embedding import Embedder
 
-    start = time.perf_counter()
-    vectors = Embedder().encode(texts, batch_size=32)
-    print(f"embedded {len(texts)} texts in {time.perf_counter() - start:.0f}s")
-    np.save(path, vectors)
-    return vectors
+        start = time.perf_counter()
+        vectors = Embedder().encode([t for _, t in missing], batch_size=32)
+        print(f"embedded {len(missing)} texts in {time.perf_counter() - start:.0f}s")
+        cached.update(zip([k for k, _ in missing], vectors, strict=True))
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, keys=np.array(list(cached)), vectors=np.stack(list(cached.values())))
+        tmp.replace(path)
+    return np.stack([cached[k] for k in keys]).astype(np.float32)
 
 
 def features(vectors: np.ndarray, texts: list[str], mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -206,23 +227,35 @@ def class_weights(y: np.ndarray, power: float) -> dict[int, float]:
     return {k: float(w) for k, w in enumerate(weights)}
 
 
-def fit_head(x: np.ndarray, y: np.ndarray, n_classes: int, power: float) -> tuple[Any, float, np.ndarray]:
-    """Multinomial logistic regression, C by 5-fold CV; returns (model, C, out-of-fold probs)."""
+def fit_head(
+    x: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    power: float,
+    sample_weight: np.ndarray | None = None,
+    scored: np.ndarray | None = None,
+    cs: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0),
+) -> tuple[Any, float, np.ndarray]:
+    """Multinomial logistic regression, C by 5-fold CV; returns (model, C, out-of-fold probs).
+
+    ``sample_weight`` multiplies rows in the fit; C is chosen on the ``scored`` rows (the outcome labels)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=SEED)
     weights = class_weights(y, power)
+    fit_params = {} if sample_weight is None else {"sample_weight": sample_weight}
+    scored = np.ones(len(y), bool) if scored is None else scored
     best: tuple[float, float, np.ndarray] | None = None
-    for c in (0.3, 1.0, 3.0, 10.0):
+    for c in cs:
         model = LogisticRegression(C=c, class_weight=weights, max_iter=3000)
-        oof = cross_val_predict(model, x, y, cv=folds, method="predict_proba")
-        value = objective(oof.argmax(1), y, n_classes)
+        oof = cross_val_predict(model, x, y, cv=folds, method="predict_proba", params=fit_params)
+        value = objective(oof[scored].argmax(1), y[scored], n_classes)
         print(f"  C={c:<5} out-of-fold macro F1 {value:.3f}")
         if best is None or value > best[0]:
             best = (value, c, oof)
     assert best is not None
-    model = LogisticRegression(C=best[1], class_weight=weights, max_iter=3000).fit(x, y)
+    model = LogisticRegression(C=best[1], class_weight=weights, max_iter=3000).fit(x, y, **fit_params)
     return model, best[1], best[2]
 
 
@@ -249,6 +282,10 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=SHARED)
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--exclude", nargs="*", default=[], help="sources to leave out of training and test")
+    parser.add_argument(
+        "--demand-weight", type=float, default=DEMAND_WEIGHT, help="weight of each hand-written demand prompt"
+    )
+    parser.add_argument("--tier-c", type=float, default=TIER_C, help="tier head's C (0: pick by 5-fold CV)")
     args = parser.parse_args()
 
     records = [r for r in load_records(args.shared) if r["source"] not in set(args.exclude)]
@@ -256,8 +293,10 @@ def main() -> None:
     print(f"{len(records)} prompts; tiers {Counter(r['tier'] for r in records)}")
     print(f"sources {Counter(r['source'] for r in records)}")
     vectors = embed_all(texts)
-    test = np.array([is_test(t) for t in texts])
+    test = np.array([is_test(r["text"]) and r["source"] not in TRAIN_ONLY for r in records])
     train = ~test
+    demand = np.array([r["source"] in TRAIN_ONLY for r in records])
+    weight = np.where(demand, args.demand_weight, 1.0)
 
     from layers.classifier.embedding import length_features
 
@@ -268,8 +307,17 @@ def main() -> None:
     y_task = np.array([TASKS.index(r["task"]) if r["task"] else -1 for r in records])
 
     print("tier head:")
-    tier_model, tier_c, oof = fit_head(x[train], y_tier[train], 3, power=0.5)
-    lo, hi = best_thresholds(oof, y_tier[train])
+    outcome = ~demand[train]
+    tier_model, tier_c, oof = fit_head(
+        x[train],
+        y_tier[train],
+        3,
+        power=0.5,
+        sample_weight=weight[train],
+        scored=outcome,
+        cs=(args.tier_c,) if args.tier_c > 0 else (0.3, 1.0, 3.0, 10.0),
+    )
+    lo, hi = best_thresholds(oof[outcome], y_tier[train][outcome])
     task_rows = train & (y_task >= 0)
     print("task head:")
     task_model, task_c, _ = fit_head(x[task_rows], y_task[task_rows], len(TASKS), power=1.0)
@@ -286,6 +334,8 @@ def main() -> None:
         "n_train": int(train.sum()),
         "n_test": int(test.sum()),
         "excluded_sources": sorted(args.exclude),
+        "train_only_sources": sorted(TRAIN_ONLY),
+        "demand_weight": args.demand_weight,
         "heldout_file_omits": sorted(NO_TEXT_SHIPPED),
         "tier_counts": dict(Counter(r["tier"] for r in records)),
         "source_counts": dict(Counter(r["source"] for r in records)),
