@@ -14,6 +14,8 @@ from typing import Any
 import msgspec
 
 from compass.errors import InvalidRequest, RequestNotFound
+from compass.pipeline.anthropic import MESSAGE_PREFIX
+from compass.pipeline.anthropic import request_id_of as anthropic_request_id
 from compass.services import Services
 from compass.storage.rewards import UNROUTED_CONTEXT, insert_reward
 from compass.wire.chat import FeedbackRequest
@@ -98,6 +100,8 @@ async def submit_feedback(
     services: Services, feedback: FeedbackRequest, tenant: str | None
 ) -> dict[str, Any]:
     """Store one feedback row and teach the selector; ``tenant=None`` means any tenant (admin)."""
+    if feedback.id.startswith(MESSAGE_PREFIX):  # an Anthropic message id names its chat request
+        feedback = msgspec.structs.replace(feedback, id=anthropic_request_id(feedback.id))
     reward = reward_of(feedback)
     assert services.db is not None and services.history is not None
     comment = feedback.comment if feedback.comment is not msgspec.UNSET else None
