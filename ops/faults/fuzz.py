@@ -249,8 +249,38 @@ class FuzzReport:
         )
 
 
-def judge(status: int, content: bytes, media_type: str) -> str | None:
+def is_anthropic_error(body: Any) -> bool:
+    error = body.get("error") if isinstance(body, dict) else None
+    return (
+        body.get("type") == "error"
+        and isinstance(error, dict)
+        and isinstance(error.get("type"), str)
+        and isinstance(error.get("message"), str)
+    )
+
+
+def judge_anthropic(status: int, content: bytes, media_type: str) -> str | None:
+    """``/v1/messages``: errors in Anthropic's shape, streams ending in message_stop or an error."""
+    if status == 500:
+        return "500 internal error"
+    if status >= 400:
+        body = json_or_none(content)
+        return (
+            None
+            if is_anthropic_error(body)
+            else f"{status} without an Anthropic error body: {content[:200]!r}"
+        )
+    if status == 200 and "text/event-stream" in media_type:
+        text = content.decode("utf-8", errors="replace")
+        if "event: message_stop" not in text and "event: error" not in text:
+            return "Anthropic stream ended without message_stop or an error event"
+    return None
+
+
+def judge(status: int, content: bytes, media_type: str, path: str = "") -> str | None:
     """The rule every response must keep; ``None`` when it does."""
+    if path.startswith("/v1/messages"):
+        return judge_anthropic(status, content, media_type)
     if status == 500:
         return "500 internal error"
     if status >= 400:
@@ -329,7 +359,10 @@ def fuzz_schema(
                     report.add(0, f"{case.method} {case.path}: {exc!r}", case.body)
                     return
                 problem = judge(
-                    response.status_code, response.content, response.headers.get("content-type", "")
+                    response.status_code,
+                    response.content,
+                    response.headers.get("content-type", ""),
+                    case.path,
                 )
                 label = f"{case.method} {case.formatted_path}"
                 example = {"query": case.query, "path": case.path_parameters, "body": case.body}
