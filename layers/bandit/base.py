@@ -28,6 +28,8 @@ class SelectionContext(msgspec.Struct, kw_only=True):
     prompt_tokens: int
     expected_completion_tokens: int = 256
     cost_weight: float | None = None  # None: the selector's configured default
+    # The prompt's MiniLM vector when Layer 1 or the cache computed it (per-prompt selectors read it).
+    embedding: Any = None
 
 
 class Selection(msgspec.Struct, kw_only=True):
@@ -53,10 +55,12 @@ class RewardEvent(msgspec.Struct, kw_only=True, frozen=True):
     reward: float
     ts: float  # unix seconds
     source: str = "feedback"  # feedback | failure | offline
+    embedding: Any = None  # the request's vector (float32 bytes or array), for per-prompt selectors
 
 
 class Selector(abc.ABC):
     name: ClassVar[str] = "abstract"
+    uses_embedding: ClassVar[bool] = False  # reads SelectionContext.embedding / RewardEvent.embedding
 
     @abc.abstractmethod
     def select(self, ctx: SelectionContext) -> Selection:
@@ -89,6 +93,7 @@ class Selector(abc.ABC):
 SELECTOR_CLS: dict[str, str] = {
     "static": "layers.bandit.static:StaticTierSelector",
     "thompson": "layers.bandit.thompson:ThompsonSelector",
+    "neighbourhood": "layers.bandit.neighbourhood:NeighbourhoodSelector",
 }
 
 

@@ -354,6 +354,21 @@ class ThompsonSelector(Selector):
         winners = np.argmax(bank.draws[:, slots] - penalty, axis=1)
         return int(np.count_nonzero(winners == best))
 
+    def _propensity_hits(
+        self,
+        context: str,
+        slots: np.ndarray,
+        alpha: np.ndarray,
+        beta: np.ndarray,
+        penalty: np.ndarray,
+        best: int,
+    ) -> int:
+        """How many of ``samples`` joint posterior draws the chosen candidate wins."""
+        if self.samples * len(slots) <= _FRESH_DRAWS_MAX:  # small pools: fresh draws are cheap
+            draws = self.rng.beta(alpha, beta, size=(self.samples, len(alpha)))
+            return int(np.count_nonzero(np.argmax(draws - penalty, axis=1) == best))
+        return self._bank_hits(context, slots, alpha, beta, penalty, best)
+
     def shares(self, ctx: SelectionContext, samples: int, now: float | None = None) -> np.ndarray:
         """Monte Carlo P(each candidate is chosen) under the current posteriors; sums to 1."""
         context = self.context_of(ctx.classification)
@@ -374,11 +389,7 @@ class ThompsonSelector(Selector):
         propensity = None
         if self.samples > 0:
             # The decision's own draw counts as one of samples+1, so the estimate is never 0 (IPS-safe).
-            if self.samples * len(slots) <= _FRESH_DRAWS_MAX:  # small pools: fresh draws are cheap
-                draws = self.rng.beta(alpha, beta, size=(self.samples, len(alpha)))
-                hits = int(np.count_nonzero(np.argmax(draws - penalty, axis=1) == best))
-            else:
-                hits = self._bank_hits(context, slots, alpha, beta, penalty, best)
+            hits = self._propensity_hits(context, slots, alpha, beta, penalty, best)
             propensity = (hits + 1) / (self.samples + 1)
         names = [m.name for m in ctx.candidates]
         return Selection(

@@ -1,0 +1,171 @@
+"""The neighbourhood memory of Layer 2: one row per rewarded request (its MiniLM vector and, per
+model, the decayed reward sums), searched by cosine similarity.
+
+Rows ``[0, built)`` live in a FAISS IVF-Flat index, added in chunks of ``chunk`` rows; rows
+``[built, n)`` (fewer than ``chunk``) sit in a flat index searched exactly. The IVF's coarse
+centroids are k-means (fixed seed, one thread) over the rows held when the memory first reaches
+``FIRST_TRAIN`` rows (64 lists) and again at ``SECOND_TRAIN`` (512 lists, every row re-added), so the index
+depends only on the order rows were added: a rebuild from the same events finds the same
+neighbours. Past ``max_rows`` the oldest quarter of the rows is dropped and the index rebuilt from
+the rest (the same rule live and on rebuild). Single-query searches stay off BLAS (FAISS's own
+SIMD loop), which matters on a loaded machine where a threaded BLAS gemv can take milliseconds.
+
+Memory: ``rows · (8·dim + 8·slots + ~80)`` bytes (vectors kept here and in the index, float32 sums
+per model, the request-id map); 384 dims and 40 models: ~3.5 KB a row, measured in
+``ops/bench/bandit.py --memory``. ``max_rows`` (default 200,000) bounds it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+# The IVF is first trained (64 lists) when the memory holds this many rows, and retrained (512 lists)
+# at the second count; until the first, every row is searched exactly.
+FIRST_TRAIN = 4096
+SECOND_TRAIN = 32768
+
+
+class NeighbourMemory:
+    """Rows of (vector, per-slot reward sums); ``search`` returns (rows, similarities)."""
+
+    def __init__(self, dim: int, max_rows: int, chunk: int = 512, nprobe: int = 8) -> None:
+        self.dim = dim
+        self.max_rows = max(int(max_rows), 2 * FIRST_TRAIN)
+        self.chunk = int(chunk)
+        self.nprobe = int(nprobe)
+        self.reset()
+
+    def reset(self) -> None:
+        self.vec = np.zeros((0, self.dim), dtype=np.float32)
+        self.sa = np.zeros((0, 0), dtype=np.float32)
+        self.sb = np.zeros((0, 0), dtype=np.float32)
+        self.n = 0
+        self.built = 0
+        self.index: Any = None
+        self.quantizer: Any = None
+        self.nlist = 0
+        self.tail: Any = None
+        self.tail_n = 0
+        self.rows_by_request: dict[str, int] = {}
+        self.request_of: list[str] = []
+
+    # ---- rows ------------------------------------------------------------------------------
+
+    def _reserve(self, rows: int, slots: int) -> None:
+        cap, width = self.vec.shape[0], self.sa.shape[1]
+        if rows > cap:
+            new = min(max(rows, 2 * cap, 1024), self.max_rows)
+            self.vec = np.concatenate([self.vec, np.zeros((new - cap, self.dim), np.float32)])
+            self.sa = np.concatenate([self.sa, np.zeros((new - cap, width), np.float32)])
+            self.sb = np.concatenate([self.sb, np.zeros((new - cap, width), np.float32)])
+        if slots > width:
+            extra = np.zeros((self.sa.shape[0], slots - width), np.float32)
+            self.sa = np.concatenate([self.sa, extra], axis=1)
+            self.sb = np.concatenate([self.sb, extra.copy()], axis=1)
+
+    def row(self, request_id: str, vector: np.ndarray, slots: int) -> int:
+        """The row of ``request_id``, appended (with ``vector``) if new."""
+        found = self.rows_by_request.get(request_id)
+        if found is not None:
+            self._reserve(self.n, slots)
+            return found
+        if self.n >= self.max_rows:
+            self._compact()
+        self._reserve(self.n + 1, slots)
+        r = self.n
+        self.vec[r] = vector
+        self.n += 1
+        self.rows_by_request[request_id] = r
+        self.request_of.append(request_id)
+        if self.n - self.built >= self.chunk and self.n >= FIRST_TRAIN:
+            self._add_chunk()
+        return r
+
+    def add(self, row: int, slot: int, a: float, b: float) -> None:
+        self.sa[row, slot] += a
+        self.sb[row, slot] += b
+
+    def scale(self, factor: float) -> None:
+        self.sa[: self.n] *= factor
+        self.sb[: self.n] *= factor
+
+    def _compact(self) -> None:
+        """Drop the oldest quarter of the rows and rebuild the graph from the rest."""
+        drop = self.max_rows // 4
+        keep = slice(drop, self.n)
+        vec, sa, sb = self.vec[keep].copy(), self.sa[keep].copy(), self.sb[keep].copy()
+        ids = self.request_of[drop : self.n]
+        self.reset()
+        self.vec, self.sa, self.sb = vec, sa, sb
+        self.n = len(ids)
+        self.request_of = ids
+        self.rows_by_request = {rid: i for i, rid in enumerate(ids)}
+        while self.n - self.built >= self.chunk and self.n >= FIRST_TRAIN:
+            self._add_chunk(min(self.n, max(FIRST_TRAIN, self.built + self.chunk)))
+
+    def _add_chunk(self, end: int | None = None) -> None:
+        import faiss
+
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)  # one thread: the index depends on the add order only
+        try:
+            end = self.n if end is None else end
+            lists = 512 if end >= SECOND_TRAIN else 64
+            if self.index is None or (lists > self.nlist):
+                quantizer = faiss.IndexFlatIP(self.dim)
+                index = faiss.IndexIVFFlat(quantizer, self.dim, lists, faiss.METRIC_INNER_PRODUCT)
+                index.cp.seed = 1234
+                index.cp.niter = 10
+                index.train(np.ascontiguousarray(self.vec[:end]))
+                index.add(np.ascontiguousarray(self.vec[:end]))
+                self.index, self.quantizer, self.nlist = index, quantizer, lists
+            else:
+                self.index.add(np.ascontiguousarray(self.vec[self.built : end]))
+            self.index.nprobe = min(self.nprobe, self.nlist)
+        finally:
+            faiss.omp_set_num_threads(threads)
+        self.built = end
+        self.tail = None
+
+    # ---- search ----------------------------------------------------------------------------
+
+    def _tail_index(self) -> Any:
+        import faiss
+
+        if self.tail is None:
+            self.tail = faiss.IndexFlatIP(self.dim)
+            self.tail_n = self.built
+        if self.tail_n < self.n:
+            self.tail.add(np.ascontiguousarray(self.vec[self.tail_n : self.n]))
+            self.tail_n = self.n
+        return self.tail
+
+    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Up to ``k`` nearest rows (IVF over the indexed rows, exact over the tail), best first."""
+        if self.n == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
+        rows_parts, sims_parts = [], []
+        if self.n > self.built:
+            sims, ids = self._tail_index().search(q, k)
+            ok = ids[0] >= 0
+            rows_parts.append(ids[0][ok] + self.built)
+            sims_parts.append(sims[0][ok])
+        if self.index is not None:
+            sims, ids = self.index.search(q, k)
+            ok = ids[0] >= 0
+            rows_parts.append(ids[0][ok])
+            sims_parts.append(sims[0][ok])
+        rows = np.concatenate(rows_parts)
+        sims = np.concatenate(sims_parts)
+        if len(rows) > k:
+            top = np.argpartition(-sims, k - 1)[:k]
+            rows, sims = rows[top], sims[top]
+        return rows, sims
+
+    def nbytes(self) -> int:
+        held = 0 if self.index is None else self.index.ntotal * (4 * self.dim + 8) + self.nlist * 4 * self.dim
+        tail = 0 if self.tail is None else self.tail.ntotal * 4 * self.dim
+        return int(self.vec.nbytes + self.sa.nbytes + self.sb.nbytes + held + tail)

@@ -1,0 +1,208 @@
+"""Layer 2 per prompt: Thompson sampling over the prompt's neighbourhood of rewarded requests.
+
+A tier is too coarse a context to tell which prompts need the strong model (the replay: the kNN
+router on the same MiniLM embedding routes better than tier-context Thompson), but kNN neither
+explores nor learns from feedback. This selector is both. For a prompt with embedding ``x``, each
+candidate model ``i`` gets::
+
+    alpha_i = alpha0_i + ctx_weight·A_ctx,i + lam·Σ_j κ_j·A_j,i     (beta likewise with B)
+    κ_j = exp((sim(x, x_j) - 1) / temp)   over the ``k`` nearest remembered rows j
+
+where ``alpha0`` is the tier (or fitted) prior and ``A_ctx`` the context's decayed sums exactly as
+``ThompsonSelector`` keeps them, and ``A_j,i`` row j's decayed reward sums for model i. The draw,
+the cost term, the ranking, the propensity, the half-life and the source weights are the
+Thompson selector's. Rows are keyed by request id: a failure of one model and feedback on the
+fallback model of the same request land in one row. ``prior_rows`` (train data, e.g. from
+``compass train --history``) are rows that the half-life does not fade, weighted by
+``prior_weight``.
+
+The embedding comes with the decision (``SelectionContext.embedding``, the vector Layer 1 and the
+cache already computed) and with each reward (``RewardEvent.embedding``, stored with the request);
+without one the prompt gets the context posterior, i.e. plain Thompson. State is a fold over the
+reward events in order, so ``rebuild`` reproduces the live posteriors (see layers/bandit/memory.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from layers.bandit.base import RewardEvent, Selection, SelectionContext
+from layers.bandit.memory import NeighbourMemory
+from layers.bandit.thompson import DEFAULTS as THOMPSON_DEFAULTS
+from layers.bandit.thompson import ThompsonSelector
+from layers.types import ModelSpec
+
+NEIGHBOUR_DEFAULTS: dict[str, Any] = {
+    "k": 32,
+    "temp": 0.1,
+    "lam": 1.0,
+    "ctx_weight": 1.0,
+    "prior_weight": 1.0,
+    "max_rows": 200_000,
+    "chunk": 512,
+    "nprobe": 8,
+    "dim": 384,
+    "memory_path": None,  # .npz with vectors, models, rewards (and mask) as prior rows
+}
+
+
+def as_vector(value: Any) -> np.ndarray | None:
+    """A float32 vector from an array, a list or float32 bytes (as stored); None if absent."""
+    if value is None:
+        return None
+    if isinstance(value, bytes | bytearray | memoryview):
+        return np.frombuffer(value, dtype=np.float32)
+    return np.asarray(value, dtype=np.float32).reshape(-1)
+
+
+class NeighbourhoodSelector(ThompsonSelector):
+    name = "neighbourhood"
+    uses_embedding = True
+
+    def __init__(
+        self,
+        options: dict[str, Any] | None = None,
+        pool: list[ModelSpec] | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        opts = dict(options or {})
+        mine = {k: opts.pop(k) for k in list(opts) if k in NEIGHBOUR_DEFAULTS and k not in THOMPSON_DEFAULTS}
+        unknown = set(opts) - set(THOMPSON_DEFAULTS)
+        if unknown:
+            known = sorted({*THOMPSON_DEFAULTS, *NEIGHBOUR_DEFAULTS})
+            raise ValueError(f"unknown neighbourhood options: {sorted(unknown)}; known: {known}")
+        self.nopts = {**NEIGHBOUR_DEFAULTS, **mine}
+        self.k = int(self.nopts["k"])
+        self.temp = float(self.nopts["temp"])
+        self.lam = float(self.nopts["lam"])
+        self.ctx_weight = float(self.nopts["ctx_weight"])
+        self.memory = NeighbourMemory(
+            int(self.nopts["dim"]),
+            int(self.nopts["max_rows"]),
+            int(self.nopts["chunk"]),
+            int(self.nopts["nprobe"]),
+        )
+        self.prior = NeighbourMemory(int(self.nopts["dim"]), 1 << 62, int(self.nopts["chunk"]))
+        super().__init__(opts, pool, clock)
+        if self.nopts["memory_path"]:
+            self.load_prior_rows(str(self.nopts["memory_path"]))
+
+    # ---- state -------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        super().reset()
+        if hasattr(self, "memory"):
+            self.memory.reset()
+
+    def prior_rows(
+        self, vectors: np.ndarray, models: list[str], rewards: np.ndarray, mask: Any = None
+    ) -> None:
+        """Train rows: one per prompt, rewards (prompts, models) in [0, 1]; ``mask`` marks observed."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        slots = [self._slot(m) for m in models]
+        w = float(self.nopts["prior_weight"])
+        seen = np.ones_like(rewards, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+        base = self.prior.n
+        for j, vec in enumerate(vectors):
+            self.prior.row(f"prior:{base + j}", vec, len(self._index))
+        self.prior._reserve(self.prior.n, len(self._index))
+        r = np.clip(rewards, 0.0, 1.0)
+        for c, slot in enumerate(slots):
+            rows = base + np.arange(len(vectors))
+            self.prior.sa[rows, slot] += (w * r[:, c] * seen[:, c]).astype(np.float32)
+            self.prior.sb[rows, slot] += (w * (1.0 - r[:, c]) * seen[:, c]).astype(np.float32)
+
+    def load_prior_rows(self, path: str) -> None:
+        data = np.load(path, allow_pickle=False)
+        mask = data["mask"] if "mask" in data.files else None
+        self.prior_rows(data["vectors"], [str(m) for m in data["models"]], data["rewards"], mask)
+
+    def _weight(self, event: RewardEvent) -> float:
+        scale_before = self._t_ref
+        w = super()._weight(event)
+        if self.half_life is not None and scale_before is not None and self._t_ref != scale_before:
+            self.memory.scale(2.0 ** ((scale_before - self._t_ref) / self.half_life))
+        return w
+
+    def _apply(self, event: RewardEvent, sign: float) -> None:
+        super()._apply(event, sign)
+        vector = as_vector(getattr(event, "embedding", None))
+        if vector is None or len(vector) != self.memory.dim:
+            return
+        reward = min(1.0, max(0.0, float(event.reward)))
+        slot = self._slot(event.model)
+        w = sign * self._weight(event)
+        row = self.memory.row(event.request_id, vector, len(self._index))
+        self.memory.add(row, slot, w * reward, w * (1.0 - reward))
+
+    # ---- choice ------------------------------------------------------------------------------
+
+    def _neighbour_sums(self, mem: NeighbourMemory, query: np.ndarray, slots: np.ndarray) -> tuple[Any, Any]:
+        rows, sims = mem.search(query, self.k)
+        if len(rows) == 0:
+            return 0.0, 0.0
+        kappa = np.exp((sims.astype(np.float64) - 1.0) / self.temp)
+        width = mem.sa.shape[1]
+        ok = slots < width
+        a = np.zeros(len(slots))
+        b = np.zeros(len(slots))
+        if ok.any():
+            a[ok] = kappa @ mem.sa[rows][:, slots[ok]]
+            b[ok] = kappa @ mem.sb[rows][:, slots[ok]]
+        return a, b
+
+    def _inputs(
+        self, ctx: SelectionContext, context: str, now: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray]:
+        alpha, beta, penalty, weight, slots = super()._inputs(ctx, context, now)
+        query = as_vector(getattr(ctx, "embedding", None))
+        if query is None or len(query) != self.memory.dim:
+            return alpha, beta, penalty, weight, slots
+        if self.ctx_weight != 1.0:  # undo part of the context evidence the parent added
+            a0, b0 = self._prior(context)
+            alpha = a0[slots] + self.ctx_weight * (alpha - a0[slots])
+            beta = b0[slots] + self.ctx_weight * (beta - b0[slots])
+        la, lb = self._neighbour_sums(self.memory, query, slots)
+        decay = self._decay(now)
+        pa, pb = self._neighbour_sums(self.prior, query, slots)
+        alpha = np.maximum(alpha + self.lam * (decay * la + pa), 1e-9)
+        beta = np.maximum(beta + self.lam * (decay * lb + pb), 1e-9)
+        return alpha, beta, penalty, weight, slots
+
+    def _propensity_hits(
+        self,
+        context: str,
+        slots: np.ndarray,
+        alpha: np.ndarray,
+        beta: np.ndarray,
+        penalty: np.ndarray,
+        best: int,
+    ) -> int:
+        """Per-prompt posteriors change every call, so a bank of Beta draws never stays valid, and
+        64 x 40 fresh Beta draws cost ~0.3 ms. The propensity's draws use the normal with each
+        posterior's mean and variance instead (~10x cheaper; the decision itself is a Beta draw)."""
+        total = alpha + beta
+        mean = alpha / total
+        sd = np.sqrt(alpha * beta / (total * total * (total + 1.0)))
+        draws = mean + sd * self.rng.standard_normal((self.samples, len(alpha)))
+        return int(np.count_nonzero(np.argmax(draws - penalty, axis=1) == best))
+
+    def select(self, ctx: SelectionContext) -> Selection:
+        selection = super().select(ctx)
+        if as_vector(getattr(ctx, "embedding", None)) is not None:
+            selection.method = "thompson_neighbourhood"
+        return selection
+
+    def snapshot(self) -> dict[str, Any]:
+        out = super().snapshot()
+        out["neighbourhood"] = {
+            **{k: v for k, v in self.nopts.items() if k != "memory_path"},
+            "memory_path": self.nopts["memory_path"],
+            "rows": self.memory.n,
+            "prior_rows": self.prior.n,
+            "memory_bytes": self.memory.nbytes() + self.prior.nbytes(),
+        }
+        return out
