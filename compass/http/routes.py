@@ -15,9 +15,10 @@ from compass import __version__
 from compass.errors import InvalidRequest
 from compass.http.admin import ADMIN_HANDLERS
 from compass.http.auth import caller_for
+from compass.http.models import MODEL_HANDLERS
 from compass.pipeline.chat import complete, open_stream
 from compass.pipeline.exchange import CACHE_MODES
-from compass.pipeline.routing import ROUTED_MODELS, approx_tokens, make_prompt, route, routing_object
+from compass.pipeline.routing import approx_tokens, make_prompt, route, routing_object
 from compass.services import Services
 from compass.storage.stats import raw, summary
 from compass.wire.chat import (
@@ -78,42 +79,6 @@ async def chat_completions(
         return ServerSentEvent(events, headers=headers)
     body, headers = await complete(services, data, caller)
     return json_response(body, headers)
-
-
-@get("/v1/models", summary="List the pool and the virtual routed models")
-async def list_models(request: Request, services: Services) -> dict[str, Any]:
-    caller_for(request, services)
-    created = int(services.started_at)
-    data = [
-        {
-            "id": name,
-            "object": "model",
-            "created": created,
-            "owned_by": "compass",
-            "compass": {"routed": True, "demo": services.demo},
-        }
-        for name in ROUTED_MODELS
-    ]
-    for model in services.models:
-        data.append(
-            {
-                "id": model.name,
-                "object": "model",
-                "created": created,
-                "owned_by": model.litellm_model.split("/", 1)[0] if "/" in model.litellm_model else "custom",
-                "compass": {
-                    "routed": False,
-                    "tier": model.tier,
-                    "rank": model.rank,
-                    "litellm_model": model.litellm_model,
-                    "input_price_per_mtok": model.input_price_per_mtok,
-                    "output_price_per_mtok": model.output_price_per_mtok,
-                    "context_window": model.context_window,
-                    "demo": model.demo,
-                },
-            }
-        )
-    return {"object": "list", "data": data}
 
 
 @get("/health", summary="Liveness and the loaded layers")
@@ -239,7 +204,7 @@ async def metrics(services: Services) -> Response:
 ROUTE_HANDLERS = [
     metrics,
     chat_completions,
-    list_models,
+    *MODEL_HANDLERS,
     health,
     stats,
     stats_raw,
