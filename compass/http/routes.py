@@ -12,12 +12,12 @@ from litestar.params import Parameter
 from litestar.response import ServerSentEvent
 
 from compass import __version__
-from compass.errors import InvalidRequest
 from compass.http.admin import ADMIN_HANDLERS
 from compass.http.auth import caller_for
+from compass.http.checks import cache_mode, check_limits
 from compass.http.models import MODEL_HANDLERS
+from compass.http.responses import RESPONSES_HANDLERS
 from compass.pipeline.chat import complete, open_stream
-from compass.pipeline.exchange import CACHE_MODES
 from compass.pipeline.routing import approx_tokens, make_prompt, route, routing_object
 from compass.services import Services
 from compass.storage.stats import raw, summary
@@ -38,32 +38,6 @@ def json_response(body: Any, headers: dict[str, str] | None = None, status: int 
     return Response(
         content=_JSON.encode(body), media_type="application/json", headers=headers, status_code=status
     )
-
-
-def cache_mode(request: Request, data: ChatCompletionRequest) -> str:
-    mode = request.headers.get("x-compass-cache")
-    options = data.compass
-    if mode is None and options is not msgspec.UNSET and options.cache is not msgspec.UNSET:
-        mode = options.cache
-    mode = (mode or "default").strip().lower()
-    if mode not in CACHE_MODES:
-        raise InvalidRequest(
-            f"x-compass-cache must be one of {', '.join(CACHE_MODES)}", param="x-compass-cache"
-        )
-    return mode
-
-
-def check_limits(services: Services, data: ChatCompletionRequest) -> None:
-    limits = services.settings.limits
-    if len(data.messages) > limits.max_messages:
-        raise InvalidRequest(
-            f"too many messages: {len(data.messages)} > {limits.max_messages}", param="messages"
-        )
-    ceiling = limits.max_tokens_ceiling
-    for name in ("max_tokens", "max_completion_tokens"):
-        value = getattr(data, name)
-        if ceiling is not None and isinstance(value, int) and value > ceiling:
-            raise InvalidRequest(f"{name} {value} exceeds this gateway's ceiling of {ceiling}", param=name)
 
 
 @post("/v1/chat/completions", status_code=200, summary="Create a chat completion (routed)")
@@ -205,6 +179,7 @@ ROUTE_HANDLERS = [
     metrics,
     chat_completions,
     *MODEL_HANDLERS,
+    *RESPONSES_HANDLERS,
     health,
     stats,
     stats_raw,

@@ -98,7 +98,11 @@ async def submit_feedback(
     services: Services, feedback: FeedbackRequest, tenant: str | None
 ) -> dict[str, Any]:
     """Store one feedback row and teach the selector; ``tenant=None`` means any tenant (admin)."""
+    from compass.pipeline.responses import request_id_of
+
     reward = reward_of(feedback)
+    if feedback.id.startswith("resp_"):  # a Responses API id names the chat request it ran as
+        feedback = msgspec.structs.replace(feedback, id=request_id_of(feedback.id))
     assert services.db is not None and services.history is not None
     comment = feedback.comment if feedback.comment is not msgspec.UNSET else None
     ts = time.time()
