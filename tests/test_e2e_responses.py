@@ -226,3 +226,36 @@ def test_embeddings_local_and_passed_through(client: openai.OpenAI, gateway: Gat
         "SELECT model, count(*) FROM requests WHERE routing_method = 'embeddings' GROUP BY 1 ORDER BY 1"
     )
     assert rows == [["compass/minilm", 3], ["fake-embed", 1]]
+
+
+def test_openai_agents_sdk_runs_an_agent_with_a_function_tool(gateway: GatewayProcess) -> None:
+    agents = pytest.importorskip("agents")
+    agents.set_tracing_disabled(True)
+    calls: list[str] = []
+
+    @agents.function_tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        calls.append(city)
+        return f"Sunny and 21C in {city}"
+
+    client = openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0)
+    model = agents.OpenAIResponsesModel(model="auto", openai_client=client)
+    agent = agents.Agent(name="weather", instructions="Use the tool.", tools=[get_weather], model=model)
+    result = agents.Runner.run_sync(agent, "What is the weather in Paris?", max_turns=4)
+    assert calls == ["Paris"] and isinstance(result.final_output, str) and result.final_output
+
+
+def test_langchain_chat_openai_with_the_responses_api(gateway: GatewayProcess) -> None:
+    langchain_openai = pytest.importorskip("langchain_openai")
+    llm = langchain_openai.ChatOpenAI(
+        model="auto", base_url=f"{gateway.url}/v1", api_key="unused", use_responses_api=True, max_retries=0
+    )
+    message = llm.invoke("Say hello")
+    assert message.text and message.response_metadata.get("id", "").startswith("resp_")
+    streamed = "".join(chunk.text for chunk in llm.stream("Say hello again"))
+    assert streamed
+    bound = llm.bind_tools([{k: v for k, v in WEATHER_TOOL.items()}])
+    called = bound.invoke("What is the weather in Rome?")
+    assert called.tool_calls and called.tool_calls[0]["name"] == "get_weather"
+    assert called.tool_calls[0]["args"] == {"city": "Rome"}

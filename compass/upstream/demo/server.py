@@ -121,7 +121,10 @@ def plan_answer(
     n = body.get("n") or 1
     choices = []
     for index in range(int(n)):
-        call = tool_call(body.get("tools") or [], body.get("tool_choice"), prompt, model)
+        answered = (body["messages"][-1] or {}).get("role") == "tool"  # a tool result: answer in words
+        call = (
+            None if answered else tool_call(body.get("tools") or [], body.get("tool_choice"), prompt, model)
+        )
         if call is not None:
             choices.append(
                 {"tool_call": call, "tokens": [call["function"]["arguments"]], "finish": "tool_calls"}
