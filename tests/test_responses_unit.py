@@ -56,3 +56,23 @@ def test_retention_deletes_old_stored_responses(tmp_path: Path) -> None:
     finally:
         db.close()
     assert changed["responses"] == 1 and left == [("resp_new",)]
+
+
+def test_stored_responses_belong_to_their_tenant(tmp_path: Path) -> None:
+    from compass.storage.keys import create_key
+
+    settings = make_settings(tmp_path, MOCK_POOL, **{"security.admin_key": "admin-key-for-tests-0123456789"})
+    db = Database(settings.database_path)
+    db.open()
+    key_a, _ = db.run_sync(create_key, "acme")
+    key_b, _ = db.run_sync(create_key, "globex")
+    db.close()
+    with TestClient(create_app(settings, build_services(settings, upstream=MockUpstream()))) as client:
+        acme = {"Authorization": f"Bearer {key_a}"}
+        globex = {"Authorization": f"Bearer {key_b}"}
+        resp_id = client.post("/v1/responses", json={"input": "secret plan"}, headers=acme).json()["id"]
+        assert client.get(f"/v1/responses/{resp_id}", headers=acme).status_code == 200
+        assert client.get(f"/v1/responses/{resp_id}", headers=globex).status_code == 404
+        follow = {"input": "go on", "previous_response_id": resp_id}
+        assert client.post("/v1/responses", json=follow, headers=globex).status_code == 404
+        assert client.post("/v1/responses", json=follow, headers=acme).status_code == 200
