@@ -138,3 +138,11 @@ def test_failed_embedding_calls_are_recorded(gateway: TestClient) -> None:
     gateway.post("/v1/embeddings", json={"model": "nope", "input": "hi"})
     rows = sql(gateway, "SELECT status FROM requests WHERE requested_model = 'nope'")
     assert rows and all(row == [404] for row in rows)
+
+
+def test_embedding_calls_do_not_count_as_routing_savings(gateway: TestClient) -> None:
+    before = gateway.get("/admin/api/savings").json()
+    response = gateway.post("/v1/embeddings", json={"model": "embed-small", "input": ["many words " * 50]})
+    assert response.status_code == 200
+    after = gateway.get("/admin/api/savings").json()
+    assert after == before
