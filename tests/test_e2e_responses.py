@@ -7,6 +7,7 @@ only: every Responses request here is translated onto the chat pipeline by the g
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -80,9 +81,13 @@ def test_plain_response_is_routed_recorded_and_takes_feedback(
     assert feedback.status_code == 200 and feedback.json()["model"] == response.model
 
 
-def test_stored_response_and_previous_response_id(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+def test_stored_response_and_previous_response_id(
+    client: openai.OpenAI, upstream: FakeUpstream, gateway: GatewayProcess
+) -> None:
     first = client.responses.create(model="demo-small", input="Name a colour.", instructions="Be terse.")
     assert client.responses.retrieve(first.id).output_text == first.output_text
+    time.sleep(0.2)  # the batched write lands (reads never wait for it: pending records are in memory)
+    assert gateway.sql(f"SELECT request_id FROM responses WHERE id = '{first.id}'") == [[chat_id(first.id)]]
     second = client.responses.create(
         model="demo-small", input="And another one?", previous_response_id=first.id
     )
@@ -170,6 +175,28 @@ def test_streamed_function_call(client: openai.OpenAI) -> None:
     done = next(e for e in events if e.type == "response.function_call_arguments.done")
     assert json.loads(done.arguments) == {"city": "Oslo"}
     assert events[-1].response.output[0].name == "get_weather"
+
+
+def test_a_stream_that_breaks_ends_with_response_failed(
+    client: openai.OpenAI, gateway: GatewayProcess
+) -> None:
+    events = list(
+        client.responses.create(model="demo-small", input="story [[fake:stream_error]] please", stream=True)
+    )
+    assert events[0].type == "response.created" and events[-1].type == "response.failed"
+    assert "response.completed" not in [e.type for e in events]
+    failed = events[-1].response
+    assert failed.status == "failed" and failed.error is not None and failed.error.message
+    with pytest.raises(openai.NotFoundError):  # a failed response is not stored
+        client.responses.retrieve(failed.id)
+    rows = gateway.sql(f"SELECT status FROM requests WHERE id = '{chat_id(failed.id)}'")
+    assert rows and rows[0][0] >= 500
+
+
+def test_upstream_failure_before_the_answer_is_an_openai_error(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.APIStatusError) as excinfo:
+        client.responses.create(model="demo-small", input="fail [[fake:error=500]]")
+    assert excinfo.value.status_code == 502 and excinfo.value.body["type"] == "upstream_error"  # type: ignore[index]
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,7 @@ def response_store(services: Services) -> ResponseStore | None:
         return None
     store = services.extras.get("responses")
     if store is None:
-        store = services.extras["responses"] = ResponseStore(services.db)
+        store = services.extras["responses"] = ResponseStore(services.db, services.spawn)
     return store
 
 
@@ -58,7 +58,7 @@ def remember(
         conversation=[*conversation, *assistant_messages(response["output"])],
         response=response,
     )
-    services.spawn(store.put(record))
+    store.put(record)
 
 
 async def _sse(events: AsyncIterator[tuple[str, dict[str, Any]]]) -> AsyncIterator[ServerSentEventMessage]:
