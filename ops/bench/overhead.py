@@ -73,7 +73,15 @@ def responses_body(i: int, model: str) -> dict[str, Any]:
     return {"model": model, "input": f"Question {i}: what is {i} plus {i}?", "max_output_tokens": 16}
 
 
-APIS = {"chat": ("/v1/chat/completions", body), "responses": ("/v1/responses", responses_body)}
+def unstored_body(i: int, model: str) -> dict[str, Any]:
+    return {**responses_body(i, model), "store": False}
+
+
+APIS = {
+    "chat": ("/v1/chat/completions", body),
+    "responses": ("/v1/responses", responses_body),
+    "responses-unstored": ("/v1/responses", unstored_body),
+}
 
 
 async def measure(
