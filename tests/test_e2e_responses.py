@@ -58,9 +58,15 @@ def chat_id(resp_id: str) -> str:
     return "chatcmpl-" + resp_id.removeprefix("resp_")
 
 
+def requests_counted(gateway: GatewayProcess) -> float:
+    lines = httpx.get(f"{gateway.url}/metrics").text.splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("compass_requests_total{"))
+
+
 def test_plain_response_is_routed_recorded_and_takes_feedback(
     client: openai.OpenAI, gateway: GatewayProcess, upstream: FakeUpstream
 ) -> None:
+    counted = requests_counted(gateway)
     response = client.responses.create(model="auto", input="hello there", instructions="Answer briefly.")
     assert response.id.startswith("resp_") and response.status == "completed"
     assert response.output_text and response.output[0].type == "message"
@@ -79,6 +85,7 @@ def test_plain_response_is_routed_recorded_and_takes_feedback(
     assert rows == [[response.model, 200, response.output_text]]
     feedback = httpx.post(f"{gateway.url}/feedback", json={"id": response.id, "thumbs": "up"})
     assert feedback.status_code == 200 and feedback.json()["model"] == response.model
+    assert requests_counted(gateway) == counted + 1  # /metrics counts it as it counts chat
 
 
 def test_stored_response_and_previous_response_id(
