@@ -269,8 +269,9 @@ def _validate_embedder_options(options: Any) -> None:
         raise ConfigError(f"{key}.runtime: must be one of {list(RUNTIMES)}, got {options['runtime']!r}")
 
 
+LOCAL_EMBEDDING_MODEL = "compass/minilm"  # the bundled MiniLM, served on /v1/embeddings
 RESERVED_MODEL_NAMES = frozenset(
-    {"auto", "compass/auto", "compass/cheap", "compass/balanced", "compass/best"}
+    {"auto", "compass/auto", "compass/cheap", "compass/balanced", "compass/best", LOCAL_EMBEDDING_MODEL}
 )
 
 
@@ -310,6 +311,7 @@ def convert_model_list(model_list: list[dict[str, Any]]) -> list[ModelSpec]:
             "rank": info.get("rank"),
             "context_window": int(info.get("max_input_tokens", params.get("max_input_tokens", 128_000))),
             "timeout_s": float(params.get("timeout", 0.0)),
+            "mode": "embedding" if info.get("mode") == "embedding" else "chat",
         }
         try:
             specs.append(msgspec.convert(spec, ModelSpec))

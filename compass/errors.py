@@ -11,6 +11,7 @@
     │   ├── ModelNotFound             (404, code model_not_found)
     │   └── RequestNotFound           (404, unknown chat completion id)
     ├── RateLimited                   (429 rate_limit_error, Retry-After header)
+    ├── Overloaded                    (503 overloaded: a local model's backlog is full, or it is not loaded)
     └── UpstreamError                 (502 upstream_error: the provider failed)
         └── UpstreamTimeout           (504 timeout: the provider did not answer in time)
 
@@ -99,6 +100,12 @@ class RateLimited(CompassError):
     status_code = 429
     error_type = "rate_limit_error"
     code = "rate_limit_exceeded"
+
+
+class Overloaded(CompassError):
+    status_code = 503
+    error_type = "api_error"
+    code = "overloaded"
 
 
 class UpstreamError(CompassError):

@@ -39,6 +39,7 @@ class Services:
     settings: Settings
     upstream: Upstream
     pool: dict[str, ModelSpec] = field(default_factory=dict)
+    embedding_pool: dict[str, ModelSpec] = field(default_factory=dict)  # ``mode: embedding`` models
     demo: bool = False
     db: Database | None = None
     history: HistoryWriter | None = None
@@ -132,7 +133,9 @@ class Services:
                 log.info("OpenTelemetry: exporting traces over OTLP")
 
     def _start_pool(self) -> None:
-        pool = configured_pool(self.settings)
+        configured = configured_pool(self.settings)
+        pool = [m for m in configured if m.mode == "chat"]
+        self.embedding_pool = {m.name: m for m in configured if m.mode == "embedding"}
         if not pool:
             from compass.upstream.demo import demo_config, spawn_fake_upstream
 
@@ -161,6 +164,18 @@ class Services:
         needs = self.settings.classifier.backend in EMBEDDING_CLASSIFIERS or self.settings.cache.enabled
         if not needs:
             return
+        await self._load_embedder()
+
+    async def local_embedder(self) -> Any:
+        """The shared MiniLM, loaded on first use when no layer needed it (``/v1/embeddings``)."""
+        if self.embedder is None:
+            lock = self.extras.setdefault("embedder_lock", asyncio.Lock())
+            async with lock:
+                if self.embedder is None:
+                    await self._load_embedder()
+        return self.embedder
+
+    async def _load_embedder(self) -> None:
         from layers.embedding import Embedder
 
         embedder = Embedder(**self.settings.classifier.options.get("embedder", {}))

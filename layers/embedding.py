@@ -149,6 +149,15 @@ class Embedder:
         )
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Word pieces per text as the model reads them (special tokens in, cut at its max length)."""
+        self.load()
+        if self._model is None:  # the torch-free path: its fast tokenizer truncates the same way
+            return self._onnx.token_counts(texts)
+        limit = int(getattr(self._model, "max_seq_length", 0) or 0) or None
+        ids = self._model.tokenizer(texts, add_special_tokens=True)["input_ids"]
+        return [min(len(row), limit) if limit else len(row) for row in ids]
+
     @property
     def queued(self) -> int:
         """Texts waiting for a forward pass (not counting the batch being encoded)."""

@@ -228,6 +228,10 @@ class OnnxMiniLM:
         except OSError as exc:
             log.info("embedder: cannot keep the probe vectors beside %s (%s)", self.path, exc)
 
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Word pieces per text as the graph reads them (special tokens in, cut at max length)."""
+        return [int(mask.sum()) for mask in self._features(texts)["attention_mask"]]
+
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         """Length-sorted chunks of ``batch_size`` (little padding), rows back in input order."""
         out = np.empty((len(texts), 0), dtype=np.float32)

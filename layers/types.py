@@ -31,6 +31,7 @@ class ModelSpec(msgspec.Struct, frozen=True, kw_only=True):
     context_window: int = 128_000
     timeout_s: float = 0.0  # seconds per upstream call; 0: the gateway's upstream.timeout_s
     demo: bool = False
+    mode: Literal["chat", "embedding"] = "chat"  # embedding models serve /v1/embeddings, never chat
 
     @property
     def capability(self) -> float:

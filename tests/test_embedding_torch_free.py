@@ -18,7 +18,7 @@ import json, sys
 from layers.embedding import Embedder
 e = Embedder(); e.load()
 print(json.dumps({{"runtime": e.runtime, "torch_free": e.torch_free, "torch": "torch" in sys.modules,
-    "vectors": e.encode({TEXTS!r}).tolist()}}))
+    "vectors": e.encode({TEXTS!r}).tolist(), "tokens": e.count_tokens({TEXTS!r})}}))
 """
 
 SERVE = """
@@ -57,6 +57,7 @@ def test_second_process_needs_no_torch_and_gives_the_same_vectors(tmp_path: Path
     second = run(ENCODE, tmp_path)
     assert second["runtime"] == "onnx" and second["torch_free"] and not second["torch"]
     assert np.abs(np.array(first["vectors"]) - np.array(second["vectors"])).max() < 1e-5
+    assert first["tokens"] == second["tokens"]  # the fast tokenizer counts as sentence-transformers
 
 
 def test_probes_that_no_longer_match_send_it_back_to_torch(tmp_path: Path) -> None:

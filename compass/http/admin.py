@@ -125,7 +125,10 @@ def recent_with_feedback(con: Any, tenant: str | None, limit: int) -> dict[str, 
 
 def savings(con: Any, tenant: str | None, baseline: Baseline | None) -> dict[str, Any]:
     """Actual spend against the strongest model's price for the same tokens, split by model and cache."""
-    where, params = _where(tenant, "status < 400", "model IS NOT NULL")
+    # Embedding calls have no chat counterpart at the strongest model's price.
+    where, params = _where(
+        tenant, "status < 400", "model IS NOT NULL", "routing_method IS DISTINCT FROM 'embeddings'"
+    )
     rows = con.execute(
         f"""
         SELECT model, {HITS} AS hit, count(*), coalesce(sum(cost_usd), 0),

@@ -12,13 +12,14 @@ from litestar.params import Parameter
 from litestar.response import ServerSentEvent
 
 from compass import __version__
-from compass.errors import InvalidRequest
 from compass.http.admin import ADMIN_HANDLERS
 from compass.http.auth import caller_for
+from compass.http.checks import cache_mode, check_limits
+from compass.http.models import MODEL_HANDLERS
+from compass.http.responses import RESPONSES_HANDLERS
 from compass.pipeline.affinity import SESSION_HEADER
 from compass.pipeline.chat import complete, open_stream
-from compass.pipeline.exchange import CACHE_MODES
-from compass.pipeline.routing import ROUTED_MODELS, approx_tokens, make_prompt, route, routing_object
+from compass.pipeline.routing import approx_tokens, make_prompt, route, routing_object
 from compass.services import Services
 from compass.storage.stats import raw, summary
 from compass.wire.chat import (
@@ -40,32 +41,6 @@ def json_response(body: Any, headers: dict[str, str] | None = None, status: int 
     )
 
 
-def cache_mode(request: Request, data: ChatCompletionRequest) -> str:
-    mode = request.headers.get("x-compass-cache")
-    options = data.compass
-    if mode is None and options is not msgspec.UNSET and options.cache is not msgspec.UNSET:
-        mode = options.cache
-    mode = (mode or "default").strip().lower()
-    if mode not in CACHE_MODES:
-        raise InvalidRequest(
-            f"x-compass-cache must be one of {', '.join(CACHE_MODES)}", param="x-compass-cache"
-        )
-    return mode
-
-
-def check_limits(services: Services, data: ChatCompletionRequest) -> None:
-    limits = services.settings.limits
-    if len(data.messages) > limits.max_messages:
-        raise InvalidRequest(
-            f"too many messages: {len(data.messages)} > {limits.max_messages}", param="messages"
-        )
-    ceiling = limits.max_tokens_ceiling
-    for name in ("max_tokens", "max_completion_tokens"):
-        value = getattr(data, name)
-        if ceiling is not None and isinstance(value, int) and value > ceiling:
-            raise InvalidRequest(f"{name} {value} exceeds this gateway's ceiling of {ceiling}", param=name)
-
-
 @post("/v1/chat/completions", status_code=200, summary="Create a chat completion (routed)")
 async def chat_completions(
     request: Request, data: ChatCompletionRequest, services: Services
@@ -80,42 +55,6 @@ async def chat_completions(
         return ServerSentEvent(events, headers=headers)
     body, headers = await complete(services, data, caller)
     return json_response(body, headers)
-
-
-@get("/v1/models", summary="List the pool and the virtual routed models")
-async def list_models(request: Request, services: Services) -> dict[str, Any]:
-    caller_for(request, services)
-    created = int(services.started_at)
-    data = [
-        {
-            "id": name,
-            "object": "model",
-            "created": created,
-            "owned_by": "compass",
-            "compass": {"routed": True, "demo": services.demo},
-        }
-        for name in ROUTED_MODELS
-    ]
-    for model in services.models:
-        data.append(
-            {
-                "id": model.name,
-                "object": "model",
-                "created": created,
-                "owned_by": model.litellm_model.split("/", 1)[0] if "/" in model.litellm_model else "custom",
-                "compass": {
-                    "routed": False,
-                    "tier": model.tier,
-                    "rank": model.rank,
-                    "litellm_model": model.litellm_model,
-                    "input_price_per_mtok": model.input_price_per_mtok,
-                    "output_price_per_mtok": model.output_price_per_mtok,
-                    "context_window": model.context_window,
-                    "demo": model.demo,
-                },
-            }
-        )
-    return {"object": "list", "data": data}
 
 
 @get("/health", summary="Liveness and the loaded layers")
@@ -242,7 +181,8 @@ async def metrics(services: Services) -> Response:
 ROUTE_HANDLERS = [
     metrics,
     chat_completions,
-    list_models,
+    *MODEL_HANDLERS,
+    *RESPONSES_HANDLERS,
     health,
     stats,
     stats_raw,

@@ -102,7 +102,11 @@ async def submit_feedback(
     """Store one feedback row and teach the selector; ``tenant=None`` means any tenant (admin)."""
     if feedback.id.startswith(MESSAGE_PREFIX):  # an Anthropic message id names its chat request
         feedback = msgspec.structs.replace(feedback, id=anthropic_request_id(feedback.id))
+    from compass.pipeline.responses import request_id_of
+
     reward = reward_of(feedback)
+    if feedback.id.startswith("resp_"):  # a Responses API id names the chat request it ran as
+        feedback = msgspec.structs.replace(feedback, id=request_id_of(feedback.id))
     assert services.db is not None and services.history is not None
     comment = feedback.comment if feedback.comment is not msgspec.UNSET else None
     ts = time.time()

@@ -169,3 +169,25 @@ def api_keys_table(con: duckdb.DuckDBPyConnection) -> None:
         )
         """
     )
+
+
+@migration
+def responses_table(con: duckdb.DuckDBPyConnection) -> None:
+    """Stored Responses API objects: ``GET /v1/responses/{id}`` and ``previous_response_id``.
+
+    ``conversation`` holds the chat messages up to and including this response's output (without
+    ``instructions``, which OpenAI does not carry over), so a follow-up turn reads one row.
+    """
+    con.execute(
+        """
+        CREATE TABLE responses (
+            id VARCHAR PRIMARY KEY,
+            request_id VARCHAR NOT NULL,
+            tenant VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL,
+            previous_response_id VARCHAR,
+            conversation JSON NOT NULL,
+            response JSON NOT NULL
+        )
+        """
+    )

@@ -7,6 +7,7 @@ For every request row whose ``created_at`` is older than the cutoff, one transac
     requests.response_content  NULL with ``store_content: full``; with ``store_content: hash`` its
                                ``sha256:<hex>`` (rows written as hashes already are left as they are)
     rewards.comment            NULL   (free-text feedback; the reward itself is kept)
+    responses                  deleted (stored Responses API objects hold the whole conversation)
 
 Everything else stays: ids, timestamps, tenant, key, models, routing, tokens, cost, latencies,
 status, error and ``messages_hash``, so ``/stats``, the admin timeline and savings still count old
@@ -83,6 +84,7 @@ def purge_expired(con: Any, cutoff: dt.datetime, store_content: str = "full") ->
         changed["comments"] = _count(
             con, "UPDATE rewards SET comment = NULL WHERE created_at < ? AND comment IS NOT NULL", [cutoff]
         )
+        changed["responses"] = _count(con, "DELETE FROM responses WHERE created_at < ?", [cutoff])
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")

@@ -36,6 +36,12 @@ class Upstream(abc.ABC):
     ) -> AsyncIterator[dict[str, Any]]:
         """``chat.completion.chunk`` dicts; the last one carries usage when the provider sends it."""
 
+    async def embed(self, model: ModelSpec, inputs: list[Any], params: dict[str, Any]) -> dict[str, Any]:
+        """An OpenAI ``embeddings`` list body (float vectors) for a ``mode: embedding`` model."""
+        from compass.errors import InvalidRequest
+
+        raise InvalidRequest(f"the {self.name} upstream cannot compute embeddings", param="model")
+
 
 UPSTREAM_CLS: dict[str, str] = {
     "litellm": "compass.upstream.litellm_client:LiteLLMUpstream",

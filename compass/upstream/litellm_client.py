@@ -130,6 +130,27 @@ class LiteLLMUpstream(Upstream):
         except Exception as exc:
             raise map_litellm_error(exc, model) from exc
 
+    async def embed(self, model: ModelSpec, inputs: list[Any], params: dict[str, Any]) -> dict[str, Any]:
+        """``litellm.aembedding``; float vectors (the gateway encodes base64 itself)."""
+        litellm = self._lib()
+        kwargs: dict[str, Any] = {
+            "model": model.litellm_model,
+            "input": inputs,
+            "timeout": model.timeout_s,
+            "num_retries": 0,
+            **params,
+        }
+        if model.api_base:
+            kwargs["api_base"] = model.api_base
+        key = self._key(model)
+        if key:
+            kwargs["api_key"] = key
+        try:
+            response = await litellm.aembedding(**kwargs)
+        except Exception as exc:
+            raise map_litellm_error(exc, model) from exc
+        return response.model_dump(exclude_none=True)
+
 
 def litellm_cost(litellm_model: str, prompt_tokens: int, completion_tokens: int) -> float:
     """LiteLLM's cost map, for pool models configured without prices."""

@@ -7,6 +7,7 @@ End-to-end tests use the real fake upstream server (``compass.upstream.demo``) i
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections import deque
@@ -70,3 +71,17 @@ class MockUpstream(Upstream):
             yield {**base, "choices": [{"index": 0, "delta": {"content": word + " "}}]}
         yield {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
         yield {**base, "choices": [], "usage": self._usage(messages, text)}
+
+    async def embed(self, model: ModelSpec, inputs: list[Any], params: dict[str, Any]) -> dict[str, Any]:
+        """Stable 8-d vectors from a hash of each input; ``history`` records ``(model, inputs, params)``."""
+        self.history.append((model.name, inputs, params))
+        item = self._queue.popleft() if self._queue else None
+        if isinstance(item, Exception):
+            raise item
+        data = []
+        for index, text in enumerate(inputs):
+            digest = hashlib.sha256(str(text).encode()).digest()
+            data.append({"object": "embedding", "index": index, "embedding": [b / 255 for b in digest[:8]]})
+        tokens = sum(len(str(text).split()) for text in inputs)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return {"object": "list", "data": data, "model": model.litellm_model, "usage": usage}

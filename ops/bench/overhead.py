@@ -1,6 +1,6 @@
 """Gateway overhead over calling the fake upstream directly, measured side by side in one run.
 
-    python -m ops.bench.overhead [--requests 400] [--concurrency 1 32] [--stream]
+    python -m ops.bench.overhead [--requests 400] [--concurrency 1 32] [--stream] [--apis chat responses]
                                  [--quick | --ab embedder-wait|embedder-runtime|embedder-threads|durability]
 
 The fake upstream and each gateway run as separate processes on loopback; the load client is
@@ -8,7 +8,10 @@ aiohttp. For every concurrency the same request mix goes (a) straight to the fak
 (b) through the gateway with model "auto", so overhead = (b) - (a) on the same machine, same
 minute. Gateway variants: Layer 1 off (the length rule) and cache off — the figure the ≤ 3 ms
 target is about — then the default MiniLM classifier, then MiniLM plus the semantic cache
-(every prompt unique, so each request pays a lookup and a store).
+(every prompt unique, so each request pays a lookup and a store). ``--apis chat responses``
+also sends the same prompts as Responses API requests (translated onto chat by the gateway; the
+direct call is chat either way), so the Responses translation's own cost is the difference of
+the two overheads in one run.
 """
 
 from __future__ import annotations
@@ -81,10 +84,28 @@ def body(i: int, model: str) -> dict[str, Any]:
     }
 
 
-async def measure(url: str, model: str, concurrency: int, requests: int, stream: bool) -> dict[str, float]:
+def responses_body(i: int, model: str) -> dict[str, Any]:
+    """The same prompt as ``body`` in the Responses API's shape."""
+    return {"model": model, "input": f"Question {i}: what is {i} plus {i}?", "max_output_tokens": 16}
+
+
+def unstored_body(i: int, model: str) -> dict[str, Any]:
+    return {**responses_body(i, model), "store": False}
+
+
+APIS = {
+    "chat": ("/v1/chat/completions", body),
+    "responses": ("/v1/responses", responses_body),
+    "responses-unstored": ("/v1/responses", unstored_body),
+}
+
+
+async def measure(
+    url: str, model: str, concurrency: int, requests: int, stream: bool, make: Any = body
+) -> dict[str, float]:
     warm = max(20, concurrency * 2)
-    await load(url, lambda i: body(10_000_000 + i, model), concurrency, warm, stream=stream)
-    return await load(url, lambda i: body(i, model), concurrency, requests, stream=stream)
+    await load(url, lambda i: make(10_000_000 + i, model), concurrency, warm, stream=stream)
+    return await load(url, lambda i: make(i, model), concurrency, requests, stream=stream)
 
 
 def main() -> None:
@@ -97,6 +118,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--stream", action="store_true", help="also measure streaming requests")
     parser.add_argument("--quick", action="store_true", help="only the layer-1-off variant")
+    parser.add_argument(
+        "--apis", nargs="+", choices=sorted(APIS), default=["chat"], help="gateway APIs to send"
+    )
     parser.add_argument("--ab", choices=sorted(AB_TESTS), help="instead: an A/B/A/B of one option")
     args = parser.parse_args()
     behaviour = FakeModelBehaviour(latency_ms=0.0, tokens_per_s=0.0)
@@ -132,18 +156,22 @@ def main() -> None:
                             direct = asyncio.run(
                                 measure(f"{fake.url}/chat/completions", "demo-small", concurrency, n, stream)
                             )
-                            routed = asyncio.run(
-                                measure(f"{gateway.url}/v1/chat/completions", "auto", concurrency, n, stream)
-                            )
-                            results.append(
-                                {
-                                    "variant": name,
-                                    "stream": stream,
-                                    "concurrency": concurrency,
-                                    "direct": direct,
-                                    "gateway": routed,
-                                }
-                            )
+                            for api in args.apis:
+                                path, make = APIS[api]
+                                routed = asyncio.run(
+                                    measure(f"{gateway.url}{path}", "auto", concurrency, n, stream, make)
+                                )
+                                label = name if api == "chat" else f"{name} [{api}]"
+                                results.append(
+                                    {
+                                        "variant": label,
+                                        "api": api,
+                                        "stream": stream,
+                                        "concurrency": concurrency,
+                                        "direct": direct,
+                                        "gateway": routed,
+                                    }
+                                )
     finally:
         fake.terminate()
     rows = [

@@ -1,6 +1,7 @@
 """The fake OpenAI-compatible upstream: an aiohttp app with ``/v1/chat/completions`` and friends.
 
-Endpoints: ``POST /v1/chat/completions`` (JSON and SSE), ``GET /v1/models``, ``GET /health``,
+Endpoints: ``POST /v1/chat/completions`` (JSON and SSE), ``POST /v1/embeddings`` (stable 16-d
+vectors from a hash of each input, base64 on request), ``GET /v1/models``, ``GET /health``,
 ``GET /fake/requests`` (bodies received, oldest first), ``POST /fake/config`` (replace behaviours at
 run time, e.g. for fault tests), ``POST /fake/reset`` (clear the history), ``POST /fake/grade``
 (``{"model", "prompt"}`` → ``{"score"}``, the simulated answer quality).
@@ -120,7 +121,10 @@ def plan_answer(
     n = body.get("n") or 1
     choices = []
     for index in range(int(n)):
-        call = tool_call(body.get("tools") or [], body.get("tool_choice"), prompt, model)
+        answered = (body["messages"][-1] or {}).get("role") == "tool"  # a tool result: answer in words
+        call = (
+            None if answered else tool_call(body.get("tools") or [], body.get("tool_choice"), prompt, model)
+        )
         if call is not None:
             choices.append(
                 {"tool_call": call, "tokens": [call["function"]["arguments"]], "finish": "tool_calls"}
@@ -260,6 +264,38 @@ async def stream_answer(
     return response
 
 
+async def embeddings(request: web.Request) -> web.Response:
+    """Deterministic unit vectors: the same input always gets the same vector."""
+    import base64
+    import hashlib
+    import struct
+
+    try:
+        body = await request.json(loads=msgspec.json.decode)
+    except Exception:
+        return error(400, "We could not parse the JSON body of your request.", "invalid_request_error")
+    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+        return error(400, "you must provide a model parameter", "invalid_request_error", param="model")
+    request.app[STATE].record(body)
+    inputs = body.get("input")
+    items = [inputs] if isinstance(inputs, str) or (inputs and isinstance(inputs[0], int)) else inputs
+    if not isinstance(items, list) or not items:
+        return error(400, "input must be a non-empty string or array", "invalid_request_error", param="input")
+    dims = int(body.get("dimensions") or 16)
+    data, tokens = [], 0
+    for index, item in enumerate(items):
+        digest = hashlib.sha256(msgspec.json.encode(item)).digest() * (dims // 32 + 1)
+        raw = [b - 127.5 for b in digest[:dims]]
+        norm = sum(x * x for x in raw) ** 0.5 or 1.0
+        vector: Any = [x / norm for x in raw]
+        if body.get("encoding_format") == "base64":
+            vector = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
+        data.append({"object": "embedding", "index": index, "embedding": vector})
+        tokens += len(item) if isinstance(item, list) else max(1, len(str(item)) // 4)
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return web.json_response({"object": "list", "data": data, "model": body["model"], "usage": usage})
+
+
 async def list_models(request: web.Request) -> web.Response:
     names = sorted(request.app[STATE].config.models)
     data = [{"id": n, "object": "model", "created": 0, "owned_by": "fake-upstream"} for n in names]
@@ -303,6 +339,8 @@ def build_app(config: FakeUpstreamConfig, state: FakeState | None = None) -> web
     app[STATE] = state or FakeState(config)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/chat/completions", chat_completions)
+    app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_post("/embeddings", embeddings)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/health", health)
     app.router.add_get("/fake/requests", fake_requests)
