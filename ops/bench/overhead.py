@@ -93,8 +93,14 @@ def unstored_body(i: int, model: str) -> dict[str, Any]:
     return {**responses_body(i, model), "store": False}
 
 
+def messages_body(i: int, model: str) -> dict[str, Any]:
+    """The same prompt as ``body`` in Anthropic's Messages shape (``/v1/messages``)."""
+    return {**body(i, model), "max_tokens": 16}
+
+
 APIS = {
     "chat": ("/v1/chat/completions", body),
+    "messages": ("/v1/messages", messages_body),
     "responses": ("/v1/responses", responses_body),
     "responses-unstored": ("/v1/responses", unstored_body),
 }
