@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from compass.config import Settings, configured_pool, demo_pool
+from compass.storage.backend import RowStore, duckdb_rows, postgres_rows
 from compass.storage.db import Database
 from compass.storage.history import HistoryWriter
 from compass.upstream.base import Upstream, build_upstream
@@ -41,6 +42,7 @@ class Services:
     demo: bool = False
     db: Database | None = None
     history: HistoryWriter | None = None
+    rows: RowStore | None = None  # where request and reward rows go (compass.storage.backend)
     classifier: Classifier | None = None
     fallback_classifier: Classifier | None = None
     selector: Selector | None = None
@@ -88,7 +90,13 @@ class Services:
         applied = self.db.open()
         if applied:
             log.info("database %s: applied migrations %s", settings.database_path, ", ".join(applied))
-        self.history = HistoryWriter(self.db, settings.storage.flush_interval_ms, settings.storage.batch_size)
+        self.rows = self._open_rows()  # a bad storage.url raises ConfigError here: start-up stops
+        self.history = HistoryWriter(
+            self.rows.runner,
+            settings.storage.flush_interval_ms,
+            settings.storage.batch_size,
+            insert=self.rows.insert_requests,
+        )
         self.history.start()
         await self.upstream.start()
         await self._start_embedder()
@@ -99,6 +107,18 @@ class Services:
 
         self.extras["retention"] = RetentionTask(self).start()  # storage.retention_days
         write_server_file(self)
+
+    def _open_rows(self) -> RowStore:
+        """Request and reward rows: the DuckDB file, or the fleet store when storage.url is set."""
+        url = self.settings.storage.url
+        if url is None:
+            return duckdb_rows(self.db)
+        from compass.storage.postgres import PostgresStore
+
+        store = PostgresStore(url, self.settings.storage.connect_timeout_s)
+        applied = store.open()
+        log.info("fleet store %s: applied migrations %s", store.display, ", ".join(applied) or "none")
+        return postgres_rows(store)
 
     def _start_pool(self) -> None:
         pool = configured_pool(self.settings)
@@ -183,10 +203,8 @@ class Services:
 
     async def load_reward_events(self) -> list[Any]:
         """The reward rows the selector's state is a fold over, oldest first."""
-        from compass.storage.rewards import load_reward_events
-
-        assert self.db is not None
-        return await self.db.run(load_reward_events)
+        assert self.rows is not None
+        return await self.rows.run(self.rows.load_reward_events)
 
     async def _start_cache(self) -> None:
         cfg = self.settings.cache
@@ -222,6 +240,8 @@ class Services:
             await self.embedder.close()
         if self.history is not None:
             await self.history.close()
+        if self.rows is not None and self.rows.runner is not self.db:
+            self.rows.runner.close()
         if self.db is not None:
             self.db.close()
         if self.demo_upstream is not None:

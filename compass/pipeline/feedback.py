@@ -31,8 +31,8 @@ def record_failure(services: Services, request_id: str, context: str, model: str
     )
     if services.selector is not None:
         services.selector.observe(event)
-    if services.db is not None:
-        services.spawn(services.db.run(insert_reward, event, tenant, None))
+    if services.rows is not None:
+        services.spawn(services.rows.run(services.rows.insert_reward, event, tenant, None))
 
 
 def reward_of(feedback: FeedbackRequest) -> float:
@@ -99,13 +99,14 @@ async def submit_feedback(
 ) -> dict[str, Any]:
     """Store one feedback row and teach the selector; ``tenant=None`` means any tenant (admin)."""
     reward = reward_of(feedback)
-    assert services.db is not None and services.history is not None
+    rows = services.rows
+    assert rows is not None and services.history is not None
     comment = feedback.comment if feedback.comment is not msgspec.UNSET else None
     ts = time.time()
-    result = await services.db.run(_apply_feedback, feedback.id, tenant, reward, comment, ts)
+    result = await rows.run(rows.apply_feedback, feedback.id, tenant, reward, comment, ts)
     if result is None and services.history.pending:
-        await services.history.flush()  # the request may still be on its way to the file
-        result = await services.db.run(_apply_feedback, feedback.id, tenant, reward, comment, ts)
+        await services.history.flush()  # the request may still be on its way to the store
+        result = await rows.run(rows.apply_feedback, feedback.id, tenant, reward, comment, ts)
     if result is None:
         raise RequestNotFound(f"no chat completion with id {feedback.id!r}", param="id")
     event: RewardEvent = result["event"]

@@ -72,3 +72,47 @@ def load_reward_events_pg(con: Any, after_seq: int = 0) -> tuple[list[RewardEven
     ]
     watermark = max((r[6] for r in rows), default=after_seq)
     return events, watermark
+
+
+def apply_feedback_pg(
+    con: Any, request_id: str, tenant: str | None, reward: float, comment: str | None, ts: float
+) -> dict[str, Any] | None:
+    """PostgreSQL's ``_apply_feedback``: find the request (any replica's), supersede, insert, one transaction.
+
+    ``FOR UPDATE`` on the request row serialises two replicas taking feedback for the same request,
+    so exactly one non-superseded feedback row remains.
+    """
+    where, params = "id = %s", [request_id]
+    if tenant is not None:
+        where += " AND tenant = %s"
+        params.append(tenant)
+    with con.transaction():
+        row = con.execute(
+            "SELECT model, context, tenant, cache_entry_id, cache_status FROM requests"
+            f" WHERE {where} FOR UPDATE",
+            params,
+        ).fetchone()
+        if row is None or row[0] is None:
+            return None
+        model, context, row_tenant, cache_entry_id, cache_status = row
+        context = context or UNROUTED_CONTEXT
+        earlier = con.execute(
+            "UPDATE rewards SET superseded = TRUE"
+            " WHERE request_id = %s AND source = 'feedback' AND NOT superseded"
+            " RETURNING request_id, context, model, reward, ts, source",
+            [request_id],
+        ).fetchall()
+        event = RewardEvent(
+            request_id=request_id, context=context, model=model, reward=reward, ts=ts, source="feedback"
+        )
+        insert_reward_pg(con, event, row_tenant, comment)
+    replaced = [
+        RewardEvent(request_id=r[0], context=r[1], model=r[2], reward=r[3], ts=r[4], source=r[5])
+        for r in earlier
+    ]
+    return {
+        "event": event,
+        "replaced": replaced,
+        "cache_entry_id": cache_entry_id,
+        "cache_status": cache_status,
+    }

@@ -50,8 +50,8 @@ def describe_connect_error(url: str, exc: Exception) -> str:
         problem = "the URL is malformed"
     else:
         problem = "cannot connect"
-    last = text.splitlines()[-1] if text else type(exc).__name__
-    return f"{where}: {problem} ({last})"
+    detail = " ".join(line.strip() for line in text.splitlines()) or type(exc).__name__
+    return f"{where}: {problem} ({detail})"
 
 
 def connect(url: str, timeout_s: float = 5.0) -> Any:
