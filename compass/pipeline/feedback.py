@@ -15,7 +15,7 @@ import msgspec
 
 from compass.errors import InvalidRequest, RequestNotFound
 from compass.services import Services
-from compass.storage.rewards import UNROUTED_CONTEXT, insert_reward
+from compass.storage.rewards import UNROUTED_CONTEXT
 from compass.wire.chat import FeedbackRequest
 from layers.bandit.base import RewardEvent
 
@@ -46,52 +46,6 @@ def reward_of(feedback: FeedbackRequest) -> float:
             raise InvalidRequest(f"`score` must be between 0 and 1, got {feedback.score}", param="score")
         return score
     return 1.0 if feedback.thumbs == "up" else 0.0
-
-
-def _apply_feedback(
-    con: Any, request_id: str, tenant: str | None, reward: float, comment: str | None, ts: float
-) -> dict[str, Any] | None:
-    """In one transaction: find the request, supersede earlier feedback, insert the new row."""
-    params: list[Any] = [request_id]
-    where = "id = ?"
-    if tenant is not None:
-        where += " AND tenant = ?"
-        params.append(tenant)
-    row = con.execute(
-        f"SELECT model, context, tenant, cache_entry_id, cache_status FROM requests WHERE {where}", params
-    ).fetchone()
-    if row is None or row[0] is None:
-        return None
-    model, context, row_tenant, cache_entry_id, cache_status = row
-    context = context or UNROUTED_CONTEXT
-    con.execute("BEGIN TRANSACTION")
-    try:
-        earlier = con.execute(
-            "SELECT request_id, context, model, reward, ts, source FROM rewards"
-            " WHERE request_id = ? AND source = 'feedback' AND NOT superseded",
-            [request_id],
-        ).fetchall()
-        con.execute(
-            "UPDATE rewards SET superseded = TRUE WHERE request_id = ? AND source = 'feedback'", [request_id]
-        )
-        event = RewardEvent(
-            request_id=request_id, context=context, model=model, reward=reward, ts=ts, source="feedback"
-        )
-        insert_reward(con, event, row_tenant, comment)
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
-    replaced = [
-        RewardEvent(request_id=r[0], context=r[1], model=r[2], reward=r[3], ts=r[4], source=r[5])
-        for r in earlier
-    ]
-    return {
-        "event": event,
-        "replaced": replaced,
-        "cache_entry_id": cache_entry_id,
-        "cache_status": cache_status,
-    }
 
 
 async def submit_feedback(

@@ -31,9 +31,8 @@ class RowStore:
 
 
 def duckdb_rows(db: Any) -> RowStore:
-    from compass.pipeline.feedback import _apply_feedback
     from compass.storage.history import insert_requests
-    from compass.storage.rewards import insert_reward, load_reward_events
+    from compass.storage.rewards import apply_feedback, insert_reward, load_reward_events
 
     return RowStore(
         backend="duckdb",
@@ -41,7 +40,7 @@ def duckdb_rows(db: Any) -> RowStore:
         insert_requests=insert_requests,
         insert_reward=insert_reward,
         load_reward_events=load_reward_events,
-        apply_feedback=_apply_feedback,
+        apply_feedback=apply_feedback,
         display=str(db.path),
     )
 

@@ -77,7 +77,7 @@ def load_reward_events_pg(con: Any, after_seq: int = 0) -> tuple[list[RewardEven
 def apply_feedback_pg(
     con: Any, request_id: str, tenant: str | None, reward: float, comment: str | None, ts: float
 ) -> dict[str, Any] | None:
-    """PostgreSQL's ``_apply_feedback``: find the request (any replica's), supersede, insert, one transaction.
+    """PostgreSQL's ``rewards.apply_feedback``: find the request (any replica's), supersede, insert.
 
     ``FOR UPDATE`` on the request row serialises two replicas taking feedback for the same request,
     so exactly one non-superseded feedback row remains.
