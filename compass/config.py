@@ -67,6 +67,9 @@ class StorageSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     retention_days: float | None = None
     flush_interval_ms: float = 50.0
     batch_size: int = 512
+    # Fleet store (in progress, docs/deploy.md): postgresql://user:pass@host:port/db; None: embedded DuckDB.
+    url: str | None = None
+    connect_timeout_s: float = 5.0
 
 
 class UpstreamSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -138,7 +141,10 @@ ENV_SHORTCUTS: dict[str, tuple[str, ...]] = {
     "COMPASS_LOG_LEVEL": ("server", "log_level"),
     "COMPASS_REQUEST_LOG": ("server", "request_log"),
     "COMPASS_STORE_CONTENT": ("storage", "store_content"),
+    "COMPASS_DATABASE_URL": ("storage", "url"),
 }
+# Taken verbatim, not parsed as YAML (a URL's password may hold any character).
+RAW_ENV = frozenset({"COMPASS_DATABASE_URL"})
 
 
 def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
@@ -170,7 +176,8 @@ def env_overrides(environ: dict[str, str]) -> list[tuple[tuple[str, ...], Any, s
             if path:
                 found.append((path, _parse_scalar(value), name))
         elif name in ENV_SHORTCUTS:
-            found.append((ENV_SHORTCUTS[name], _parse_scalar(value), name))
+            parsed = value if name in RAW_ENV else _parse_scalar(value)
+            found.append((ENV_SHORTCUTS[name], parsed, name))
     return found
 
 
@@ -236,6 +243,7 @@ def validate_settings(settings: Settings) -> None:
         raise ConfigError("limits.requests_per_minute: must be positive (or null for no limit)")
     if settings.storage.batch_size < 1:
         raise ConfigError("storage.batch_size: must be at least 1")
+    _validate_storage_url(settings.storage)
     if settings.upstream.timeout_s <= 0:
         raise ConfigError("upstream.timeout_s: must be positive")
     _validate_embedder_options(settings.classifier.options.get("embedder"))
@@ -252,6 +260,19 @@ def validate_settings(settings: Settings) -> None:
             raise ConfigError(
                 f"models[{index}] ({model.name}).timeout_s: must not be negative (0: upstream.timeout_s)"
             )
+
+
+def _validate_storage_url(storage: StorageSettings) -> None:
+    if storage.connect_timeout_s <= 0:
+        raise ConfigError("storage.connect_timeout_s: must be positive")
+    if storage.url is None:
+        return
+    if not storage.url.startswith(("postgresql://", "postgres://")):
+        scheme = storage.url.partition("://")[0] if "://" in storage.url else storage.url[:20]
+        raise ConfigError(
+            f"storage.url (or COMPASS_DATABASE_URL): must be a postgresql:// URL, got scheme {scheme!r};"
+            " leave it unset for the embedded DuckDB file"
+        )
 
 
 def _validate_embedder_options(options: Any) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from compass.config import Settings
+from compass.storage.backend import RowStore, duckdb_rows, postgres_rows
 from compass.storage.db import Database
 from compass.storage.history import HistoryWriter
 from compass.upstream.base import Upstream, build_upstream
@@ -43,6 +44,7 @@ class Services:
     demo: bool = False
     db: Database | None = None
     history: HistoryWriter | None = None
+    rows: RowStore | None = None  # where request and reward rows go (compass.storage.backend)
     classifier: Classifier | None = None
     fallback_classifier: Classifier | None = None
     selector: Selector | None = None
@@ -98,8 +100,9 @@ class Services:
         applied = self.db.open()
         if applied:
             log.info("database %s: applied migrations %s", settings.database_path, ", ".join(applied))
+        self.rows = self._open_rows()  # a bad storage.url raises ConfigError here: start-up stops
         journal = None
-        if settings.storage.durability == "journal":
+        if settings.storage.durability == "journal" and settings.storage.url is None:
             from compass.storage.journal import Journal, recover
 
             recovered = self.db.run_sync(recover, settings.journal_path)  # before a new segment opens
@@ -107,7 +110,11 @@ class Services:
                 log.warning("history: %d rows from before a crash recovered from the journal", recovered)
             journal = Journal(settings.journal_path)
         self.history = HistoryWriter(
-            self.db, settings.storage.flush_interval_ms, settings.storage.batch_size, journal=journal
+            self.rows.runner,
+            settings.storage.flush_interval_ms,
+            settings.storage.batch_size,
+            insert=self.rows.insert_requests,
+            journal=journal,
         )
         self.history.start()
         await self.upstream.start(self.models)
@@ -131,6 +138,18 @@ class Services:
                 log.warning("OpenTelemetry tracing is off: %s", self.problems["tracing"])
             else:
                 log.info("OpenTelemetry: exporting traces over OTLP")
+
+    def _open_rows(self) -> RowStore:
+        """Request and reward rows: the DuckDB file, or the fleet store when storage.url is set."""
+        url = self.settings.storage.url
+        if url is None:
+            return duckdb_rows(self.db)
+        from compass.storage.postgres import PostgresStore
+
+        store = PostgresStore(url, self.settings.storage.connect_timeout_s)
+        applied = store.open()
+        log.info("fleet store %s: applied migrations %s", store.display, ", ".join(applied) or "none")
+        return postgres_rows(store)
 
     def _start_pool(self) -> None:
         configured = configured_pool(self.settings)
@@ -236,10 +255,8 @@ class Services:
 
     async def load_reward_events(self) -> list[Any]:
         """The reward rows the selector's state is a fold over, oldest first."""
-        from compass.storage.rewards import load_reward_events
-
-        assert self.db is not None
-        return await self.db.run(load_reward_events)
+        assert self.rows is not None
+        return await self.rows.run(self.rows.load_reward_events)
 
     async def _start_cache(self) -> None:
         cfg = self.settings.cache
@@ -275,6 +292,8 @@ class Services:
             await self.embedder.close()
         if self.history is not None:
             await self.history.close()
+        if self.rows is not None and self.rows.runner is not self.db:
+            self.rows.runner.close()
         if self.db is not None:
             self.db.close()
         if self.demo_upstream is not None:

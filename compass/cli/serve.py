@@ -23,12 +23,20 @@ from compass.config import DEFAULT_PORT, Settings
     help="compass.yaml (default: ./compass.yaml if present).",
 )
 @click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    help="Processes on one port; needs the fleet store (storage.url). Not yet available: issue 14.",
+)
+@click.option(
     "--allow-public-without-keys",
     is_flag=True,
     default=False,
     help="Bind a non-loopback address although no API keys are configured.",
 )
-def serve(host: str | None, port: int | None, config: str | None, allow_public_without_keys: bool) -> None:
+def serve(
+    host: str | None, port: int | None, config: str | None, workers: int, allow_public_without_keys: bool
+) -> None:
     """Start the gateway (demo upstream when no provider key is set)."""
     import uvicorn
 
@@ -39,6 +47,8 @@ def serve(host: str | None, port: int | None, config: str | None, allow_public_w
     settings = load_or_exit(config, **{"server.host": host, "server.port": port})
     setup_logging(settings.server.log_level, settings.server.json_logs)
     check_bind(settings, allow_public_without_keys)
+    check_workers(settings, workers)
+    check_fleet_store(settings)
     log = logging.getLogger("compass")
     log.info(
         "LLM Compass listening on http://%s:%d (home %s)",
@@ -54,6 +64,35 @@ def serve(host: str | None, port: int | None, config: str | None, allow_public_w
         access_log=False,
         timeout_graceful_shutdown=15,
     )
+
+
+def check_workers(settings: Settings, workers: int) -> None:
+    """Several workers need one shared store; the embedded DuckDB file admits one writer process."""
+    if workers == 1:
+        return
+    if settings.storage.url is None:
+        raise click.ClickException(
+            f"--workers {workers} needs the fleet store: set storage.url (or COMPASS_DATABASE_URL) to a"
+            " postgresql:// URL; the embedded DuckDB file can be opened by one process only"
+        )
+    raise click.ClickException(
+        f"--workers {workers}: not available yet; on the fleet store only request and reward rows have moved"
+        " to PostgreSQL, and keys, cache entries and stats still use each process's DuckDB file"
+        " (docs/deploy.md)"
+    )
+
+
+def check_fleet_store(settings: Settings) -> None:
+    """Connect once before binding, so a bad storage.url is one clear line, not a lifespan traceback."""
+    if settings.storage.url is None:
+        return
+    from compass.errors import ConfigError
+    from compass.storage.postgres import connect
+
+    try:
+        connect(settings.storage.url, settings.storage.connect_timeout_s).close()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def keys_configured(settings: Settings) -> bool:

@@ -79,6 +79,10 @@ async def health(services: Services) -> dict[str, Any]:
             "cache": services.cache.stats() if services.cache else {"backend": None, "enabled": False},
             "embedder": embedder_health(services.embedder),
         },
+        "storage": {
+            "backend": services.rows.backend if services.rows else None,
+            "where": services.rows.display if services.rows else None,
+        },
         "history": {
             "pending": history.pending if history else 0,
             "written": history.written if history else 0,

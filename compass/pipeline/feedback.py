@@ -17,7 +17,7 @@ from compass.errors import InvalidRequest, RequestNotFound
 from compass.pipeline.anthropic import MESSAGE_PREFIX
 from compass.pipeline.anthropic import request_id_of as anthropic_request_id
 from compass.services import Services
-from compass.storage.rewards import UNROUTED_CONTEXT, insert_reward
+from compass.storage.rewards import UNROUTED_CONTEXT
 from compass.wire.chat import FeedbackRequest
 from layers.bandit.base import RewardEvent
 
@@ -33,8 +33,8 @@ def record_failure(services: Services, request_id: str, context: str, model: str
     )
     if services.selector is not None:
         services.selector.observe(event)
-    if services.db is not None:
-        services.spawn(services.db.run(insert_reward, event, tenant, None))
+    if services.rows is not None:
+        services.spawn(services.rows.run(services.rows.insert_reward, event, tenant, None))
 
 
 def reward_of(feedback: FeedbackRequest) -> float:
@@ -50,52 +50,6 @@ def reward_of(feedback: FeedbackRequest) -> float:
     return 1.0 if feedback.thumbs == "up" else 0.0
 
 
-def _apply_feedback(
-    con: Any, request_id: str, tenant: str | None, reward: float, comment: str | None, ts: float
-) -> dict[str, Any] | None:
-    """In one transaction: find the request, supersede earlier feedback, insert the new row."""
-    params: list[Any] = [request_id]
-    where = "id = ?"
-    if tenant is not None:
-        where += " AND tenant = ?"
-        params.append(tenant)
-    row = con.execute(
-        f"SELECT model, context, tenant, cache_entry_id, cache_status FROM requests WHERE {where}", params
-    ).fetchone()
-    if row is None or row[0] is None:
-        return None
-    model, context, row_tenant, cache_entry_id, cache_status = row
-    context = context or UNROUTED_CONTEXT
-    con.execute("BEGIN TRANSACTION")
-    try:
-        earlier = con.execute(
-            "SELECT request_id, context, model, reward, ts, source FROM rewards"
-            " WHERE request_id = ? AND source = 'feedback' AND NOT superseded",
-            [request_id],
-        ).fetchall()
-        con.execute(
-            "UPDATE rewards SET superseded = TRUE WHERE request_id = ? AND source = 'feedback'", [request_id]
-        )
-        event = RewardEvent(
-            request_id=request_id, context=context, model=model, reward=reward, ts=ts, source="feedback"
-        )
-        insert_reward(con, event, row_tenant, comment)
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
-    replaced = [
-        RewardEvent(request_id=r[0], context=r[1], model=r[2], reward=r[3], ts=r[4], source=r[5])
-        for r in earlier
-    ]
-    return {
-        "event": event,
-        "replaced": replaced,
-        "cache_entry_id": cache_entry_id,
-        "cache_status": cache_status,
-    }
-
-
 async def submit_feedback(
     services: Services, feedback: FeedbackRequest, tenant: str | None
 ) -> dict[str, Any]:
@@ -107,13 +61,14 @@ async def submit_feedback(
     reward = reward_of(feedback)
     if feedback.id.startswith("resp_"):  # a Responses API id names the chat request it ran as
         feedback = msgspec.structs.replace(feedback, id=request_id_of(feedback.id))
-    assert services.db is not None and services.history is not None
+    rows = services.rows
+    assert rows is not None and services.history is not None
     comment = feedback.comment if feedback.comment is not msgspec.UNSET else None
     ts = time.time()
-    result = await services.db.run(_apply_feedback, feedback.id, tenant, reward, comment, ts)
+    result = await rows.run(rows.apply_feedback, feedback.id, tenant, reward, comment, ts)
     if result is None and services.history.pending:
-        await services.history.flush()  # the request may still be on its way to the file
-        result = await services.db.run(_apply_feedback, feedback.id, tenant, reward, comment, ts)
+        await services.history.flush()  # the request may still be on its way to the store
+        result = await rows.run(rows.apply_feedback, feedback.id, tenant, reward, comment, ts)
     if result is None:
         raise RequestNotFound(f"no chat completion with id {feedback.id!r}", param="id")
     event: RewardEvent = result["event"]

@@ -148,10 +148,16 @@ _STOP: dict[str, Any] = {}
 
 class HistoryWriter:
     def __init__(
-        self, db: Database, flush_interval_ms: float = 50.0, batch_size: int = 512, journal: Any = None
+        self,
+        db: Database,
+        flush_interval_ms: float = 50.0,
+        batch_size: int = 512,
+        insert: Any = None,  # the store's batch insert (fleet: pg_rows.insert_requests_pg)
+        journal: Any = None,  # compass.storage.journal.Journal under durability: journal
     ) -> None:
         self.db = db
-        self.journal = journal  # compass.storage.journal.Journal under durability: journal
+        self.insert_fn = insert or insert_requests
+        self.journal = journal
         self.flush_interval_s = flush_interval_ms / 1000.0
         self.batch_size = batch_size
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -218,7 +224,7 @@ class HistoryWriter:
 
     async def _insert(self, batch: list[dict[str, Any]]) -> None:
         try:
-            await self.db.run(insert_requests, batch)
+            await self.db.run(self.insert_fn, batch)
             self.written += len(batch)
         except Exception:
             # A bad batch must not stop history: retry row by row, log what cannot be stored.
@@ -226,7 +232,7 @@ class HistoryWriter:
             log.exception("history batch of %d rows failed; retrying row by row", len(batch))
             for row in batch:
                 try:
-                    await self.db.run(insert_requests, [row])
+                    await self.db.run(self.insert_fn, [row])
                     self.written += 1
                 except Exception:
                     log.exception("history row %s could not be stored", row.get("id"))

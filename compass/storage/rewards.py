@@ -1,4 +1,4 @@
-"""Reward rows: the event log that Layer 2's posteriors are a fold over.
+"""Reward rows: the event log that Layer 2's posteriors are a fold over (DuckDB; pg_rows.py: PostgreSQL).
 
 Written by ``compass.pipeline.feedback`` (``POST /feedback``, upstream failures); read back at
 start-up by ``Services`` and by ``compass route`` to rebuild the same posteriors.
@@ -49,3 +49,49 @@ def insert_reward(con: Any, event: RewardEvent, tenant: str | None, comment: str
         ],
     )
     return reward_id
+
+
+def apply_feedback(
+    con: Any, request_id: str, tenant: str | None, reward: float, comment: str | None, ts: float
+) -> dict[str, Any] | None:
+    """In one transaction: find the request, supersede earlier feedback, insert the new row."""
+    params: list[Any] = [request_id]
+    where = "id = ?"
+    if tenant is not None:
+        where += " AND tenant = ?"
+        params.append(tenant)
+    row = con.execute(
+        f"SELECT model, context, tenant, cache_entry_id, cache_status FROM requests WHERE {where}", params
+    ).fetchone()
+    if row is None or row[0] is None:
+        return None
+    model, context, row_tenant, cache_entry_id, cache_status = row
+    context = context or UNROUTED_CONTEXT
+    con.execute("BEGIN TRANSACTION")
+    try:
+        earlier = con.execute(
+            "SELECT request_id, context, model, reward, ts, source FROM rewards"
+            " WHERE request_id = ? AND source = 'feedback' AND NOT superseded",
+            [request_id],
+        ).fetchall()
+        con.execute(
+            "UPDATE rewards SET superseded = TRUE WHERE request_id = ? AND source = 'feedback'", [request_id]
+        )
+        event = RewardEvent(
+            request_id=request_id, context=context, model=model, reward=reward, ts=ts, source="feedback"
+        )
+        insert_reward(con, event, row_tenant, comment)
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    replaced = [
+        RewardEvent(request_id=r[0], context=r[1], model=r[2], reward=r[3], ts=r[4], source=r[5])
+        for r in earlier
+    ]
+    return {
+        "event": event,
+        "replaced": replaced,
+        "cache_entry_id": cache_entry_id,
+        "cache_status": cache_status,
+    }

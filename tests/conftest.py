@@ -1,0 +1,27 @@
+"""Shared fixtures. ``postgres``: one throwaway PostgreSQL 15 cluster per test session (fails loudly)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.postgres import Cluster, start_cluster
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Cluster]:
+    cluster = start_cluster()  # raises PostgresError: the fleet tests fail, never skip
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_url(postgres: Cluster, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty database per test on the session's cluster."""
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
+    postgres.psql(f'DROP DATABASE IF EXISTS "{name}"')
+    postgres.psql(f'CREATE DATABASE "{name}"')
+    return postgres.url(name)
