@@ -272,3 +272,47 @@ def test_chat_errors_keep_openai_shape(gateway: GatewayProcess) -> None:
     body = {"messages": [{"role": "user", "content": "hi"}]}
     response = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers={"x-api-key": "sk-wrong"})
     assert response.status_code == 401 and response.json()["error"]["type"] == "authentication_error"
+
+
+def test_cache_hit_answers_both_ways(client: anthropic.Anthropic) -> None:
+    ask = {
+        "model": "auto",
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": "Name the capital of Peru."}],
+    }
+    first = client.messages.with_raw_response.create(**ask)
+    again = client.messages.with_raw_response.create(**ask)
+    assert first.headers["x-compass-cache"] == "miss" and again.headers["x-compass-cache"] == "exact"
+    assert again.parse().content[0].text == first.parse().content[0].text
+    with client.messages.stream(**ask) as stream:  # replayed from the cache as Anthropic events
+        assert stream.response.headers["x-compass-cache"] == "exact"
+        final = stream.get_final_message()
+    assert final.content[0].text == first.parse().content[0].text and final.stop_reason == "end_turn"
+
+
+def test_upstream_failure_is_api_error(client: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        client.messages.create(
+            model="demo-small", max_tokens=20, messages=[{"role": "user", "content": "[[fake:error=500]] hi"}]
+        )
+    assert caught.value.status_code == 502 and caught.value.body["error"]["type"] == "api_error"
+
+
+def test_mid_stream_failure_is_an_error_event(gateway: GatewayProcess, client_key: str) -> None:
+    body = {
+        "model": "demo-small",
+        "max_tokens": 100,
+        "stream": True,
+        "messages": [{"role": "user", "content": "[[fake:stream_error]] tell me a story"}],
+    }
+    response = httpx.post(
+        f"{gateway.url}/v1/messages", json=body, headers={"x-api-key": client_key}, timeout=30
+    )
+    names = [line[7:] for line in response.text.splitlines() if line.startswith("event: ")]
+    assert names[0] == "message_start" and names[-1] == "error" and "message_stop" not in names
+    last = json.loads([line[6:] for line in response.text.splitlines() if line.startswith("data: ")][-1])
+    assert last["type"] == "error" and last["error"]["type"] == "api_error" and last["error"]["message"]
+    sdk = anthropic.Anthropic(base_url=gateway.url, api_key=client_key, max_retries=0)
+    with pytest.raises(anthropic.APIStatusError):  # the SDK raises on the error event
+        for _ in sdk.messages.create(**body):
+            pass
