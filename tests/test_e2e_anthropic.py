@@ -316,3 +316,8 @@ def test_mid_stream_failure_is_an_error_event(gateway: GatewayProcess, client_ke
     with pytest.raises(anthropic.APIStatusError):  # the SDK raises on the error event
         for _ in sdk.messages.create(**body):
             pass
+
+
+def test_openapi_lists_the_messages_operations(gateway: GatewayProcess) -> None:
+    paths = httpx.get(f"{gateway.url}/docs/openapi.json").json()["paths"]  # so schemathesis fuzzes them
+    assert "post" in paths["/v1/messages"] and "post" in paths["/v1/messages/count_tokens"]
