@@ -1,6 +1,6 @@
 """Gateway overhead over calling the fake upstream directly, measured side by side in one run.
 
-    python -m ops.bench.overhead [--requests 400] [--concurrency 1 32] [--stream]
+    python -m ops.bench.overhead [--requests 400] [--concurrency 1 32] [--stream] [--messages]
                                  [--quick | --ab embedder-wait|embedder-runtime|embedder-threads]
 
 The fake upstream and each gateway run as separate processes on loopback; the load client is
@@ -8,7 +8,8 @@ aiohttp. For every concurrency the same request mix goes (a) straight to the fak
 (b) through the gateway with model "auto", so overhead = (b) - (a) on the same machine, same
 minute. Gateway variants: Layer 1 off (the length rule) and cache off — the figure the ≤ 3 ms
 target is about — then the default MiniLM classifier, then MiniLM plus the semantic cache
-(every prompt unique, so each request pays a lookup and a store).
+(every prompt unique, so each request pays a lookup and a store). ``--messages`` also sends the
+same bodies (valid Anthropic Messages bodies too) to ``/v1/messages``: its cost over chat.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--stream", action="store_true", help="also measure streaming requests")
     parser.add_argument("--quick", action="store_true", help="only the layer-1-off variant")
+    parser.add_argument("--messages", action="store_true", help="also measure /v1/messages (Anthropic)")
     parser.add_argument("--ab", choices=sorted(AB_TESTS), help="instead: an A/B/A/B of one embedder option")
     args = parser.parse_args()
     behaviour = FakeModelBehaviour(latency_ms=0.0, tokens_per_s=0.0)
@@ -116,15 +118,18 @@ def main() -> None:
                             routed = asyncio.run(
                                 measure(f"{gateway.url}/v1/chat/completions", "auto", concurrency, n, stream)
                             )
-                            results.append(
-                                {
-                                    "variant": name,
-                                    "stream": stream,
-                                    "concurrency": concurrency,
-                                    "direct": direct,
-                                    "gateway": routed,
-                                }
-                            )
+                            cell = {
+                                "variant": name,
+                                "stream": stream,
+                                "concurrency": concurrency,
+                                "direct": direct,
+                                "gateway": routed,
+                            }
+                            if args.messages:
+                                cell["messages"] = asyncio.run(
+                                    measure(f"{gateway.url}/v1/messages", "auto", concurrency, n, stream)
+                                )
+                            results.append(cell)
     finally:
         fake.terminate()
     rows = [
@@ -140,6 +145,11 @@ def main() -> None:
             r["direct"]["rps"],
             r["gateway"]["rps"],
             r["gateway"]["errors"],
+            *(
+                [r["messages"]["p50_ms"] - r["direct"]["p50_ms"], r["messages"]["errors"]]
+                if "messages" in r
+                else []
+            ),
         ]
         for r in results
     ]
@@ -157,6 +167,7 @@ def main() -> None:
             "direct rps",
             "gateway rps",
             "errors",
+            *(["messages overhead p50", "messages errors"] if args.messages else []),
         ],
         rows,
     )
