@@ -321,3 +321,21 @@ def test_mid_stream_failure_is_an_error_event(gateway: GatewayProcess, client_ke
 def test_openapi_lists_the_messages_operations(gateway: GatewayProcess) -> None:
     paths = httpx.get(f"{gateway.url}/docs/openapi.json").json()["paths"]  # so schemathesis fuzzes them
     assert "post" in paths["/v1/messages"] and "post" in paths["/v1/messages/count_tokens"]
+
+
+def test_stats_and_metrics_count_messages(
+    client: anthropic.Anthropic, client_key: str, gateway: GatewayProcess
+) -> None:
+    before = httpx.get(f"{gateway.url}/stats", headers={"x-api-key": client_key}).json()["total_calls"]
+    message = client.messages.create(
+        model="demo-medium", max_tokens=20, messages=[{"role": "user", "content": "hi"}]
+    )
+    after = httpx.get(f"{gateway.url}/stats", headers={"x-api-key": client_key}).json()["total_calls"]
+    assert after == before + 1  # this tenant's stats, from the same history rows as chat
+    metrics = httpx.get(f"{gateway.url}/metrics").text.splitlines()
+    counted = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics
+        if line.startswith("compass_requests_total{") and f'model="{message.model}"' in line
+    ]
+    assert sum(counted) >= 1
