@@ -2,7 +2,8 @@
 
 Services arrive through ``dependencies=`` and start and stop in ``lifespan=``; nothing is
 global and nothing parses arguments at import time. Errors are mapped once, here, to OpenAI
-error bodies: a client mistake is a 4xx with ``{"error": {...}}``, never a 500.
+error bodies: a client mistake is a 4xx with ``{"error": {...}}``, never a 500; on the Anthropic
+Messages paths (``/v1/messages...``) the same errors take Anthropic's ``{"type": "error", ...}``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from compass import __version__
 from compass.config import Settings
 from compass.errors import CompassError, error_body
 from compass.services import Services, build_services
-from compass.wire.anthropic import anthropic_error_body, is_anthropic_path
+from compass.wire.anthropic import ANTHROPIC_PATH_PREFIX, from_openai_error
 
 log = logging.getLogger("compass")
 
@@ -41,19 +42,23 @@ HTTP_ERROR_TYPES = {
 }
 
 
-def _json_response(
-    request: Request, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
-) -> Response:
-    """The error in the caller's API shape: Anthropic's on ``/v1/messages``, OpenAI's elsewhere."""
-    if is_anthropic_path(request.url.path):
-        body = anthropic_error_body(status, body)
+def _json_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
     return Response(
         content=msgspec.json.encode(body), status_code=status, media_type="application/json", headers=headers
     )
 
 
+def _error_response(
+    request: Request, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> Response:
+    """Every error leaves here: OpenAI's shape, or Anthropic's on the Messages API's paths."""
+    if request.scope.get("path", "").startswith(ANTHROPIC_PATH_PREFIX):
+        status, body = from_openai_error(status, body)
+    return _json_response(status, body, headers)
+
+
 def compass_error_handler(request: Request, exc: CompassError) -> Response:
-    return _json_response(request, exc.status_code, exc.body(), exc.headers)
+    return _error_response(request, exc.status_code, exc.body(), exc.headers)
 
 
 def validation_error_handler(request: Request, exc: ValidationException) -> Response:
@@ -75,7 +80,7 @@ def validation_error_handler(request: Request, exc: ValidationException) -> Resp
         param = f"{param}.{missing.group(1)}" if param else missing.group(1)
     if "JSON" in message or "malformed" in message.lower() or "decode" in message.lower():
         message = f"We could not parse the JSON body of your request: {message}"
-    return _json_response(
+    return _error_response(
         request, 400, error_body(message, "invalid_request_error", param, "invalid_request")
     )
 
@@ -92,21 +97,20 @@ def http_error_handler(request: Request, exc: HTTPException) -> Response:
     # (since 2.25 also for non-UTF-8 bytes, which no longer reach undecodable_body_handler).
     if status == 400 and ("JSON" in message or isinstance(exc.__cause__, SerializationException)):
         message, code = f"We could not parse the JSON body of your request: {message}", "invalid_json"
-    return _json_response(request, status, error_body(message, error_type, None, code), exc.headers)
+    return _error_response(request, status, error_body(message, error_type, None, code), exc.headers)
 
 
 def undecodable_body_handler(request: Request, exc: Exception) -> Response:
     """msgspec raises these past Litestar's JSON error mapping: a body nested too deeply, or not UTF-8."""
     reason = "it is nested too deeply" if isinstance(exc, RecursionError) else "it is not valid UTF-8"
     message = f"We could not parse the JSON body of your request: {reason}."
-    return _json_response(request, 400, error_body(message, "invalid_request_error", None, "invalid_json"))
+    return _error_response(request, 400, error_body(message, "invalid_request_error", None, "invalid_json"))
 
 
 def internal_error_handler(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return _json_response(
-        request, 500, error_body("The gateway had an internal error; it is logged.", "api_error")
-    )
+    body = error_body("The gateway had an internal error; it is logged.", "api_error")
+    return _error_response(request, 500, body)
 
 
 def create_app(settings: Settings, services: Services | None = None) -> Litestar:

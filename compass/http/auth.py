@@ -2,7 +2,8 @@
 
 Local mode (no admin key and no client keys): every caller is the admin of tenant ``local``,
 and ``compass serve`` binds to loopback only unless told otherwise. Once any key exists, every
-request needs ``Authorization: Bearer <key>``: a client key acts for its tenant (its history,
+request needs ``Authorization: Bearer <key>`` (or ``x-api-key: <key>``, as the Anthropic SDK
+sends it): a client key acts for its tenant (its history,
 stats and cache entries only), the admin key for everything.
 """
 
@@ -77,7 +78,7 @@ class KeyRing:
         if not token:
             raise AuthenticationFailed(
                 "You didn't provide an API key. Send it as 'Authorization: Bearer <key>' "
-                "(create one with `compass keys create --tenant NAME`)."
+                "or 'x-api-key: <key>' (create one with `compass keys create --tenant NAME`)."
             )
         if self.admin_key and hmac.compare_digest(token.encode(), self.admin_key.encode()):
             return RequestCaller(tenant=ADMIN_TENANT, key_id="admin", is_admin=True)

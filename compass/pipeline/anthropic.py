@@ -1,26 +1,25 @@
-"""Anthropic Messages onto the chat pipeline, and its answers back into Anthropic's shapes.
+"""Anthropic Messages onto the chat pipeline: request → chat request, chat body → Message, chunks → events.
 
-A ``/v1/messages`` request becomes a ``ChatCompletionRequest`` and runs through the same
-``Exchange`` as chat (routing, cache, history, stats, metrics, feedback), so every pool model
-answers, whatever its provider, and the upstream needs to speak only chat completions. The
-message id is the chat request id with Anthropic's prefix (``msg_<hex>`` for ``chatcmpl-<hex>``),
-so ``POST /feedback`` takes either.
+The upstream speaks chat completions, so any pool model answers whatever its provider, and
+routing, the cache, feedback (by the ``msg_`` id), history, stats and metrics are the chat
+pipeline's own: one ``Exchange`` per request.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
+from msgspec import UNSET
 
 from compass.errors import InvalidRequest
-from compass.wire.anthropic import MessagesRequest
+from compass.pipeline.routing import ROUTED_MODELS
+from compass.wire.anthropic import CountTokensRequest, MessagesRequest, anthropic_error, from_openai_error
 from compass.wire.chat import ChatCompletionRequest
 
-MESSAGE_PREFIX = "msg_"
-CHAT_PREFIX = "chatcmpl-"
 STOP_REASONS = {
     "stop": "end_turn",
     "length": "max_tokens",
@@ -28,182 +27,214 @@ STOP_REASONS = {
     "function_call": "tool_use",
     "content_filter": "refusal",
 }
-_DECODE = msgspec.json.Decoder()
+_JSON = msgspec.json.Encoder()
 
 
-def message_id(request_id: str) -> str:
-    return MESSAGE_PREFIX + request_id.removeprefix(CHAT_PREFIX)
+def new_message_id() -> str:
+    return f"msg_{uuid.uuid4().hex}"
 
 
-def request_id_of(public_id: str) -> str:
-    """The chat request id behind a ``msg_`` id (any other id is returned as it is)."""
-    if public_id.startswith(MESSAGE_PREFIX):
-        return CHAT_PREFIX + public_id.removeprefix(MESSAGE_PREFIX)
-    return public_id
-
-
-def _text_of_blocks(blocks: Any, where: str) -> str:
-    if isinstance(blocks, str):
-        return blocks
-    parts = []
-    for index, block in enumerate(blocks or []):
-        if (
-            not isinstance(block, dict)
-            or block.get("type") != "text"
-            or not isinstance(block.get("text"), str)
-        ):
-            raise InvalidRequest(f"{where}[{index}]: expected a text block", param=f"{where}[{index}]")
-        parts.append(block["text"])
-    return "\n".join(parts)
-
-
-def _image_part(block: dict[str, Any], where: str) -> dict[str, Any]:
-    source = block.get("source") or {}
-    if source.get("type") == "base64" and source.get("data"):
-        url = f"data:{source.get('media_type', 'image/png')};base64,{source['data']}"
-    elif source.get("type") == "url" and source.get("url"):
-        url = source["url"]
-    else:
-        raise InvalidRequest(f"{where}: an image needs a base64 or url source", param=where)
-    return {"type": "image_url", "image_url": {"url": url}}
-
-
-def _tool_result_text(content: Any) -> str:
+def block_text(content: Any) -> str:
+    """The text of a string or a list of text blocks (system, tool_result content)."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
         return "\n".join(
             b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text"
         )
-    return "" if content is None else json.dumps(content)
+    return ""
 
 
-def _chat_messages(request: MessagesRequest) -> list[dict[str, Any]]:
-    messages: list[dict[str, Any]] = []
-    if request.system is not msgspec.UNSET:
-        system = _text_of_blocks(request.system, "system")
-        if system:
-            messages.append({"role": "system", "content": system})
-    for m_index, message in enumerate(request.messages):
-        where = f"messages[{m_index}].content"
-        if isinstance(message.content, str):
-            messages.append({"role": message.role, "content": message.content})
-            continue
-        parts: list[dict[str, Any]] = []
-        calls: list[dict[str, Any]] = []
-        for b_index, block in enumerate(message.content):
-            kind = block.get("type") if isinstance(block, dict) else None
-            at = f"{where}[{b_index}]"
-            if kind == "text" and isinstance(block.get("text"), str):
-                parts.append({"type": "text", "text": block["text"]})
-            elif kind == "image" and message.role == "user":
-                parts.append(_image_part(block, at))
-            elif kind == "tool_use" and message.role == "assistant":
-                if not block.get("id") or not block.get("name"):
-                    raise InvalidRequest(f"{at}: tool_use needs an id and a name", param=at)
-                arguments = json.dumps(block.get("input") or {})
-                calls.append(
-                    {
-                        "id": block["id"],
-                        "type": "function",
-                        "function": {"name": block["name"], "arguments": arguments},
-                    }
-                )
-            elif kind == "tool_result" and message.role == "user":
-                if not block.get("tool_use_id"):
-                    raise InvalidRequest(f"{at}: tool_result needs a tool_use_id", param=at)
-                messages.append(
-                    {
-                        "role": "tool",
-                        "tool_call_id": block["tool_use_id"],
-                        "content": _tool_result_text(block.get("content")),
-                    }
-                )
-            elif kind in ("thinking", "redacted_thinking"):
-                continue  # another provider's reasoning: not something a chat upstream takes back
-            else:
-                raise InvalidRequest(
-                    f"{at}: content block type {kind!r} is not supported in a {message.role} message",
-                    param=at,
-                )
-        if message.role == "assistant":
-            text = "\n".join(p["text"] for p in parts if p["type"] == "text")
-            entry: dict[str, Any] = {"role": "assistant", "content": text or None}
-            if calls:
-                entry["tool_calls"] = calls
-            messages.append(entry)
-        elif parts:
-            only_text = all(p["type"] == "text" for p in parts)
-            content: Any = "\n".join(p["text"] for p in parts) if only_text else parts
-            messages.append({"role": "user", "content": content})
-    return messages
+def image_part(block: dict[str, Any], where: str) -> dict[str, Any]:
+    """An Anthropic image block as a chat ``image_url`` part (base64 as a data URL)."""
+    source = block.get("source") or {}
+    if source.get("type") == "base64" and isinstance(source.get("data"), str):
+        url = f"data:{source.get('media_type') or 'image/png'};base64,{source['data']}"
+    elif source.get("type") == "url" and isinstance(source.get("url"), str):
+        url = source["url"]
+    else:
+        raise InvalidRequest(f"{where}: an image needs a base64 or url source", param=where)
+    return {"type": "image_url", "image_url": {"url": url}}
 
 
-def _tools(request: MessagesRequest) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if request.tools is not msgspec.UNSET:
-        tools = []
-        for index, tool in enumerate(request.tools):
-            if not isinstance(tool.get("name"), str) or not tool["name"]:
-                raise InvalidRequest(f"tools[{index}].name is required", param=f"tools[{index}].name")
-            function = {"name": tool["name"], "parameters": tool.get("input_schema") or {"type": "object"}}
-            if tool.get("description"):
-                function["description"] = tool["description"]
-            tools.append({"type": "function", "function": function})
-        out["tools"] = tools
-    choice = request.tool_choice
-    if choice is not msgspec.UNSET:
-        kind = choice.get("type")
-        mapped = {"auto": "auto", "any": "required", "none": "none"}.get(kind)
-        if kind == "tool" and choice.get("name"):
-            out["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
-        elif mapped is not None:
-            out["tool_choice"] = mapped
+def user_messages(content: str | list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
+    """A user turn: tool results first (as ``tool`` messages, which must follow the call), then the rest."""
+    if isinstance(content, str):
+        return [{"role": "user", "content": content}]
+    out: list[dict[str, Any]] = []
+    parts: list[dict[str, Any]] = []
+    for i, block in enumerate(content):
+        kind = block["type"]
+        if kind == "text":
+            parts.append({"type": "text", "text": str(block.get("text", ""))})
+        elif kind == "image":
+            parts.append(image_part(block, f"{where}.content[{i}]"))
+        elif kind == "tool_result":
+            if not isinstance(block.get("tool_use_id"), str):
+                raise InvalidRequest(f"{where}.content[{i}].tool_use_id is required", param=where)
+            text = block_text(block.get("content"))
+            if block.get("is_error"):
+                text = f"Error: {text}"
+            out.append({"role": "tool", "tool_call_id": block["tool_use_id"], "content": text})
+            parts.extend(
+                image_part(b, where)
+                for b in block.get("content") or []
+                if isinstance(b, dict) and b.get("type") == "image"
+            )
+        elif kind == "document" and (block.get("source") or {}).get("type") == "text":
+            parts.append({"type": "text", "text": str(block["source"].get("data", ""))})
         else:
             raise InvalidRequest(
-                f"tool_choice.type {kind!r} is not one of auto, any, tool, none", param="tool_choice"
+                f"{where}.content[{i}]: content block type {kind!r} is not supported", param=where
             )
-        if choice.get("disable_parallel_tool_use") and "tools" in out:
-            out["parallel_tool_calls"] = False
+    if parts:
+        only_text = all(p["type"] == "text" for p in parts)
+        out.append({"role": "user", "content": "\n".join(p["text"] for p in parts) if only_text else parts})
     return out
 
 
-def to_chat_request(request: MessagesRequest) -> ChatCompletionRequest:
-    """The same request in chat completions' terms (validated by its Struct)."""
+def assistant_message(content: str | list[dict[str, Any]], where: str) -> dict[str, Any]:
+    if isinstance(content, str):
+        return {"role": "assistant", "content": content}
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for i, block in enumerate(content):
+        kind = block["type"]
+        if kind == "text":
+            texts.append(str(block.get("text", "")))
+        elif kind == "tool_use":
+            if not isinstance(block.get("id"), str) or not isinstance(block.get("name"), str):
+                raise InvalidRequest(f"{where}.content[{i}]: tool_use needs an id and a name", param=where)
+            arguments = json.dumps(block.get("input") or {})
+            calls.append(
+                {
+                    "id": block["id"],
+                    "type": "function",
+                    "function": {"name": block["name"], "arguments": arguments},
+                }
+            )
+        elif kind in ("thinking", "redacted_thinking"):
+            continue  # provider-specific reasoning; chat upstreams do not take it back
+        else:
+            raise InvalidRequest(
+                f"{where}.content[{i}]: content block type {kind!r} is not supported", param=where
+            )
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
+def chat_messages(request: MessagesRequest | CountTokensRequest) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    if request.system is not UNSET:
+        system = block_text(request.system)
+        if system:
+            messages.append({"role": "system", "content": system})
+    for index, message in enumerate(request.messages):
+        where = f"messages[{index}]"
+        if message.role == "user":
+            messages.extend(user_messages(message.content, where))
+        else:
+            messages.append(assistant_message(message.content, where))
+    return messages
+
+
+def chat_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for index, tool in enumerate(tools):
+        if tool.get("type") not in (None, "custom"):
+            raise InvalidRequest(
+                f"tools[{index}]: server tool {tool['type']!r} is not supported; only client tools are",
+                param=f"tools[{index}].type",
+            )
+        function: dict[str, Any] = {
+            "name": tool["name"],
+            "parameters": tool.get("input_schema") or {"type": "object"},
+        }
+        if tool.get("description"):
+            function["description"] = tool["description"]
+        out.append({"type": "function", "function": function})
+    return out
+
+
+def chat_tool_choice(choice: dict[str, Any]) -> str | dict[str, Any]:
+    kind = choice["type"]
+    if kind == "tool":
+        return {"type": "function", "function": {"name": choice["name"]}}
+    return {"auto": "auto", "any": "required", "none": "none"}[kind]
+
+
+def routed_model(model: str) -> str:
+    """A Claude name the pool does not hold is routed (so Claude Code works unchanged); others pass."""
+    return "auto" if model.startswith("claude") and model not in ROUTED_MODELS else model
+
+
+def to_chat(request: MessagesRequest, pool: Any) -> ChatCompletionRequest:
+    """The chat request the pipeline runs; ``top_k`` is dropped (chat completions has no such field)."""
     body: dict[str, Any] = {
-        "model": request.model,
-        "messages": _chat_messages(request),
+        "messages": chat_messages(request),
+        "model": request.model if request.model in pool else routed_model(request.model),
         "max_tokens": request.max_tokens,
-        "stream": request.stream,
-        **_tools(request),
+        "stream": request.wants_stream,
     }
-    if request.stream:
-        body["stream_options"] = {"include_usage": True}
-    if request.stop_sequences is not msgspec.UNSET:
+    if request.wants_stream:
+        body["stream_options"] = {"include_usage": True}  # message_delta carries the usage
+    if request.stop_sequences is not UNSET:
         body["stop"] = request.stop_sequences
     for name in ("temperature", "top_p"):
-        value = getattr(request, name)
-        if value is not msgspec.UNSET:
-            body[name] = value
-    if request.metadata is not msgspec.UNSET and isinstance(request.metadata.get("user_id"), str):
-        body["user"] = request.metadata["user_id"]
-    if request.compass is not msgspec.UNSET:
+        if getattr(request, name) is not UNSET:
+            body[name] = getattr(request, name)
+    metadata = request.metadata
+    if metadata is not UNSET and isinstance(metadata.get("user_id"), str):
+        body["user"] = metadata["user_id"]
+    if request.tools is not UNSET and request.tools:
+        body["tools"] = chat_tools(request.tools)
+        if request.tool_choice is not UNSET:
+            body["tool_choice"] = chat_tool_choice(request.tool_choice)
+            if request.tool_choice.get("disable_parallel_tool_use"):
+                body["parallel_tool_calls"] = False
+    fmt = request.output_config.get("format") if request.output_config is not UNSET else None
+    if fmt:  # structured outputs: Anthropic's JSON schema format as chat's response_format
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "output", "schema": fmt["schema"]},
+        }
+    if request.compass is not UNSET:
         body["compass"] = msgspec.to_builtins(request.compass)
     try:
         return msgspec.convert(body, ChatCompletionRequest)
     except msgspec.ValidationError as exc:
-        raise InvalidRequest(f"this request cannot be routed: {exc}") from exc
+        raise InvalidRequest(str(exc)) from exc
 
 
-def _tool_input(arguments: str | None) -> Any:
+def stop_reason(choice: dict[str, Any], stops: list[str] | None) -> tuple[str, str | None]:
+    """Anthropic's stop reason; the matched sequence when the provider says it (vLLM's ``stop_reason``)."""
+    finish = choice.get("finish_reason") or "stop"
+    matched = choice.get("stop_reason")
+    if finish == "stop" and isinstance(matched, str) and stops and matched in stops:
+        return "stop_sequence", matched
+    return STOP_REASONS.get(finish, "end_turn"), None
+
+
+def anthropic_usage(usage: dict[str, Any] | None) -> dict[str, int]:
+    usage = usage or {}
+    return {
+        "input_tokens": int(usage.get("prompt_tokens") or 0),
+        "output_tokens": int(usage.get("completion_tokens") or 0),
+    }
+
+
+def tool_input(arguments: str) -> dict[str, Any]:
     try:
-        return json.loads(arguments or "{}")
+        value = json.loads(arguments or "{}")
     except ValueError:
         return {"_raw": arguments}
+    return value if isinstance(value, dict) else {"value": value}
 
 
-def to_message(body: dict[str, Any], request_model: str) -> dict[str, Any]:
-    """A chat completion as an Anthropic ``Message`` (the gateway's ``routing`` kept alongside)."""
+def to_message(body: dict[str, Any], request: MessagesRequest) -> dict[str, Any]:
+    """A ``chat.completion`` body (with ``routing``) as an Anthropic ``Message``."""
     choice = (body.get("choices") or [{}])[0]
     message = choice.get("message") or {}
     content: list[dict[str, Any]] = []
@@ -214,63 +245,55 @@ def to_message(body: dict[str, Any], request_model: str) -> dict[str, Any]:
         content.append(
             {
                 "type": "tool_use",
-                "id": call.get("id"),
-                "name": function.get("name"),
-                "input": _tool_input(function.get("arguments")),
+                "id": call.get("id") or f"toolu_{uuid.uuid4().hex[:24]}",
+                "name": function.get("name", ""),
+                "input": tool_input(function.get("arguments", "")),
             }
         )
-    usage = body.get("usage") or {}
+    reason, sequence = stop_reason(choice, request.stop_sequences or None)
     return {
-        "id": message_id(body["id"]),
+        "id": body["id"],
         "type": "message",
         "role": "assistant",
-        "model": body.get("model") or request_model,
+        "model": body.get("model"),
         "content": content,
-        "stop_reason": STOP_REASONS.get(choice.get("finish_reason") or "stop", "end_turn"),
-        "stop_sequence": None,
-        "usage": {
-            "input_tokens": int(usage.get("prompt_tokens") or 0),
-            "output_tokens": int(usage.get("completion_tokens") or 0),
-        },
+        "stop_reason": reason,
+        "stop_sequence": sequence,
+        "usage": anthropic_usage(body.get("usage")),
         "routing": body.get("routing"),
     }
 
 
-class StreamTranslator:
-    """Chat chunks in, Anthropic's event sequence out (``(event, data)`` pairs)."""
+def event(name: str, data: dict[str, Any]) -> tuple[str, str]:
+    """``(event name, JSON data)``; the edge frames it as an SSE message."""
+    return name, _JSON.encode({"type": name, **data}).decode()
 
-    def __init__(self) -> None:
-        self.started = False
-        self.block: int = -1  # index of the open content block
-        self.block_kind: str | None = None
-        self.tool_blocks: dict[int, int] = {}  # chat tool_call index -> content block index
-        self.stop_reason = "end_turn"
-        self.usage: dict[str, int] = {}
 
-    def _close(self) -> list[tuple[str, dict[str, Any]]]:
-        if self.block_kind is None:
-            return []
-        self.block_kind = None
-        return [("content_block_stop", {"type": "content_block_stop", "index": self.block})]
-
-    def _open(self, kind: str, block: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-        events = self._close()
-        self.block += 1
-        self.block_kind = kind
-        events.append(
-            (
-                "content_block_start",
-                {"type": "content_block_start", "index": self.block, "content_block": block},
-            )
-        )
-        return events
-
-    def chunk(self, chunk: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-        events: list[tuple[str, dict[str, Any]]] = []
-        if not self.started:
-            self.started = True
+async def to_events(chunks: AsyncIterator[str], request: MessagesRequest) -> AsyncIterator[tuple[str, str]]:
+    """The chat pipeline's SSE bodies (chunks, ``[DONE]`` or an error body) as Anthropic's events."""
+    block: tuple[str, int] | None = None  # ("text", -1) or ("tool", chat tool index)
+    index = -1
+    started = False
+    usage: dict[str, Any] | None = None
+    choice_end: dict[str, Any] = {}
+    async for raw in chunks:
+        if raw == "[DONE]":
+            if block is not None:
+                yield event("content_block_stop", {"index": index})
+            reason, sequence = stop_reason(choice_end, request.stop_sequences or None)
+            delta = {"stop_reason": reason, "stop_sequence": sequence}
+            yield event("message_delta", {"delta": delta, "usage": anthropic_usage(usage)})
+            yield event("message_stop", {})
+            return
+        chunk = json.loads(raw)
+        if "error" in chunk and "choices" not in chunk:
+            status = 504 if chunk["error"].get("type") == "timeout" else 502
+            yield event("error", {"error": from_openai_error(status, chunk)[1]["error"]})
+            return
+        if not started:
+            started = True
             message = {
-                "id": message_id(chunk.get("id", "")),
+                "id": chunk.get("id"),
                 "type": "message",
                 "role": "assistant",
                 "model": chunk.get("model"),
@@ -278,92 +301,64 @@ class StreamTranslator:
                 "stop_reason": None,
                 "stop_sequence": None,
                 "usage": {"input_tokens": 0, "output_tokens": 0},
+                "routing": chunk.get("routing"),
             }
-            if chunk.get("routing") is not None:
-                message["routing"] = chunk["routing"]
-            events.append(("message_start", {"type": "message_start", "message": message}))
+            yield event("message_start", {"message": message})
+            yield event("ping", {})
         if chunk.get("usage"):
-            self.usage = chunk["usage"]
+            usage = chunk["usage"]
         for choice in chunk.get("choices") or []:
+            if choice.get("index", 0) != 0:
+                continue
             delta = choice.get("delta") or {}
             if delta.get("content"):
-                if self.block_kind != "text":
-                    events += self._open("text", {"type": "text", "text": ""})
-                events.append(
-                    (
-                        "content_block_delta",
-                        {
-                            "type": "content_block_delta",
-                            "index": self.block,
-                            "delta": {"type": "text_delta", "text": delta["content"]},
-                        },
+                if block is None or block[0] != "text":
+                    if block is not None:
+                        yield event("content_block_stop", {"index": index})
+                    index += 1
+                    block = ("text", -1)
+                    yield event(
+                        "content_block_start", {"index": index, "content_block": {"type": "text", "text": ""}}
                     )
+                yield event(
+                    "content_block_delta",
+                    {"index": index, "delta": {"type": "text_delta", "text": delta["content"]}},
                 )
             for call in delta.get("tool_calls") or []:
                 position = int(call.get("index", 0))
                 function = call.get("function") or {}
-                if position not in self.tool_blocks:
-                    block = {
+                if block != ("tool", position):
+                    if block is not None:
+                        yield event("content_block_stop", {"index": index})
+                    index += 1
+                    block = ("tool", position)
+                    start = {
                         "type": "tool_use",
-                        "id": call.get("id"),
-                        "name": function.get("name"),
+                        "id": call.get("id") or f"toolu_{uuid.uuid4().hex[:24]}",
+                        "name": function.get("name") or "",
                         "input": {},
                     }
-                    events += self._open("tool_use", block)
-                    self.tool_blocks[position] = self.block
+                    yield event("content_block_start", {"index": index, "content_block": start})
                 if function.get("arguments"):
-                    events.append(
-                        (
-                            "content_block_delta",
-                            {
-                                "type": "content_block_delta",
-                                "index": self.tool_blocks[position],
-                                "delta": {"type": "input_json_delta", "partial_json": function["arguments"]},
-                            },
-                        )
-                    )
+                    piece = {"type": "input_json_delta", "partial_json": function["arguments"]}
+                    yield event("content_block_delta", {"index": index, "delta": piece})
             if choice.get("finish_reason"):
-                self.stop_reason = STOP_REASONS.get(choice["finish_reason"], "end_turn")
-        return events
-
-    def finish(self) -> list[tuple[str, dict[str, Any]]]:
-        events = self._close()
-        usage = {
-            "input_tokens": int(self.usage.get("prompt_tokens") or 0),
-            "output_tokens": int(self.usage.get("completion_tokens") or 0),
-        }
-        events.append(
-            (
-                "message_delta",
-                {
-                    "type": "message_delta",
-                    "delta": {"stop_reason": self.stop_reason, "stop_sequence": None},
-                    "usage": usage,
-                },
-            )
-        )
-        events.append(("message_stop", {"type": "message_stop"}))
-        return events
+                choice_end = choice
+    yield event(
+        "error", {"error": anthropic_error(502, "the upstream stream ended without finishing")["error"]}
+    )
 
 
-async def anthropic_events(chat_events: AsyncIterator[str]) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-    """The chat stream's SSE data (JSON chunks, ``[DONE]``, error bodies) as Anthropic events."""
-    translator = StreamTranslator()
-    async for data in chat_events:
-        if data == "[DONE]":
-            for event in translator.finish():
-                yield event
-            return
-        chunk = _DECODE.decode(data)
-        if "error" in chunk and "choices" not in chunk:
-            error = chunk["error"] if isinstance(chunk["error"], dict) else {}
-            yield (
-                "error",
-                {
-                    "type": "error",
-                    "error": {"type": "api_error", "message": str(error.get("message", "error"))},
-                },
-            )
-            return
-        for event in translator.chunk(chunk):
-            yield event
+def count_tokens(request: CountTokensRequest, model: str | None) -> tuple[int, str]:
+    """``(input_tokens, counter)``: LiteLLM's token counter (tiktoken's encodings), else ~4 chars a token."""
+    messages = chat_messages(request)
+    tools = chat_tools(request.tools) if request.tools is not UNSET and request.tools else None
+    try:
+        import litellm
+
+        return int(litellm.token_counter(model=model or "gpt-4o", messages=messages, tools=tools)), "litellm"
+    except Exception:
+        from compass.pipeline.routing import approx_tokens
+
+        extra = len(json.dumps(tools)) // 4 if tools else 0
+        return approx_tokens(messages) + extra, "approx"

@@ -19,9 +19,11 @@ from compass.services import Services
 from compass.wire.chat import ChatCompletionRequest
 
 
-async def complete(services: Services, request: ChatCompletionRequest, caller: Caller) -> tuple[dict, dict]:
+async def complete(
+    services: Services, request: ChatCompletionRequest, caller: Caller, request_id: str | None = None
+) -> tuple[dict, dict]:
     """A non-streaming chat completion: ``(body, headers)``; every outcome is recorded."""
-    exchange = Exchange(services, request, caller)
+    exchange = Exchange(services, request, caller, request_id)
     try:
         cached = await exchange.route_and_lookup()
         if cached is not None:
@@ -46,14 +48,14 @@ async def complete(services: Services, request: ChatCompletionRequest, caller: C
 
 
 async def open_stream(
-    services: Services, request: ChatCompletionRequest, caller: Caller
+    services: Services, request: ChatCompletionRequest, caller: Caller, request_id: str | None = None
 ) -> tuple[AsyncIterator[str], dict[str, str]]:
     """Route, look up the cache and open the upstream stream before any byte is sent.
 
     Failures before the first token fall back to the next model (or raise, so the client gets
     a proper 4xx/5xx); failures after it end the stream with an OpenAI-style error event.
     """
-    exchange = Exchange(services, request, caller)
+    exchange = Exchange(services, request, caller, request_id)
     try:
         cached = await exchange.route_and_lookup()
         if cached is not None:

@@ -68,14 +68,20 @@ class Caller(msgspec.Struct, kw_only=True):
 class Exchange:
     """Everything known about one request while it is handled; becomes its history row."""
 
-    def __init__(self, services: Services, request: ChatCompletionRequest, caller: Caller) -> None:
+    def __init__(
+        self,
+        services: Services,
+        request: ChatCompletionRequest,
+        caller: Caller,
+        request_id: str | None = None,
+    ) -> None:
         self.started = time.perf_counter()
         self.started_ns = time.time_ns()
         self.timeline: dict[str, Any] = {"attempts": []}  # start offsets (ms), for tracing
         self.services = services
         self.request = request
         self.caller = caller
-        self.request_id = new_request_id()
+        self.request_id = request_id or new_request_id()  # other APIs bring their own id style
         self.messages = messages_as_dicts(request)
         self.params = upstream_params(request)
         self.prompt: Prompt = make_prompt(

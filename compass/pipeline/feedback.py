@@ -14,8 +14,6 @@ from typing import Any
 import msgspec
 
 from compass.errors import InvalidRequest, RequestNotFound
-from compass.pipeline.anthropic import MESSAGE_PREFIX
-from compass.pipeline.anthropic import request_id_of as anthropic_request_id
 from compass.services import Services
 from compass.storage.rewards import UNROUTED_CONTEXT
 from compass.wire.chat import FeedbackRequest
@@ -54,8 +52,6 @@ async def submit_feedback(
     services: Services, feedback: FeedbackRequest, tenant: str | None
 ) -> dict[str, Any]:
     """Store one feedback row and teach the selector; ``tenant=None`` means any tenant (admin)."""
-    if feedback.id.startswith(MESSAGE_PREFIX):  # an Anthropic message id names its chat request
-        feedback = msgspec.structs.replace(feedback, id=anthropic_request_id(feedback.id))
     from compass.pipeline.responses import request_id_of
 
     reward = reward_of(feedback)

@@ -31,6 +31,7 @@ from ops.faults.harness import (
     json_or_none,
     loopback_only,
     read_stream,
+    sse_data,
 )
 
 ROLES = ["system", "developer", "user", "assistant", "tool", "function"]
@@ -250,19 +251,19 @@ class FuzzReport:
 
 
 def is_anthropic_error(body: Any) -> bool:
+    """``{"type": "error", "error": {"type": str, "message": str}}`` as Anthropic's API returns it."""
     error = body.get("error") if isinstance(body, dict) else None
     return (
         body.get("type") == "error"
         and isinstance(error, dict)
         and isinstance(error.get("type"), str)
         and isinstance(error.get("message"), str)
+        and bool(error["message"])
     )
 
 
 def judge_anthropic(status: int, content: bytes, media_type: str) -> str | None:
-    """``/v1/messages``: errors in Anthropic's shape, streams ending in message_stop or an error."""
-    if status == 500:
-        return "500 internal error"
+    """The Messages API's rule: Anthropic's error shape, and a stream ends in message_stop or error."""
     if status >= 400:
         body = json_or_none(content)
         return (
@@ -271,18 +272,21 @@ def judge_anthropic(status: int, content: bytes, media_type: str) -> str | None:
             else f"{status} without an Anthropic error body: {content[:200]!r}"
         )
     if status == 200 and "text/event-stream" in media_type:
-        text = content.decode("utf-8", errors="replace")
-        if "event: message_stop" not in text and "event: error" not in text:
-            return "Anthropic stream ended without message_stop or an error event"
+        events = [json_or_none(data) for data in sse_data(content.decode("utf-8", errors="replace"))]
+        last = events[-1] if events else None
+        if not isinstance(last, dict) or last.get("type") not in ("message_stop", "error"):
+            return "stream ended without message_stop or an error event"
+        if last["type"] == "error" and not is_anthropic_error(last):
+            return f"stream error event without an Anthropic error body: {last}"
     return None
 
 
 def judge(status: int, content: bytes, media_type: str, path: str = "") -> str | None:
     """The rule every response must keep; ``None`` when it does."""
-    if path.startswith("/v1/messages"):
-        return judge_anthropic(status, content, media_type)
     if status == 500:
         return "500 internal error"
+    if path.startswith("/v1/messages"):
+        return judge_anthropic(status, content, media_type)
     if status >= 400:
         body = json_or_none(content)
         return None if is_openai_error(body) else f"{status} without an OpenAI error body: {content[:200]!r}"
