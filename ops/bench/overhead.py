@@ -193,11 +193,6 @@ def main() -> None:
             r["direct"]["rps"],
             r["gateway"]["rps"],
             r["gateway"]["errors"],
-            *(
-                [r["messages"]["p50_ms"] - r["direct"]["p50_ms"], r["messages"]["errors"]]
-                if "messages" in r
-                else []
-            ),
         ]
         for r in results
     ]
@@ -215,7 +210,6 @@ def main() -> None:
             "direct rps",
             "gateway rps",
             "errors",
-            *(["messages overhead p50", "messages errors"] if args.messages else []),
         ],
         rows,
     )
