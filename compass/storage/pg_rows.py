@@ -6,13 +6,12 @@ JSON columns are encoded once here. Rewards carry ``seq``, the fleet-wide order 
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import msgspec
 
-from compass.storage.history import REQUEST_COLUMNS, utcnow
-from compass.storage.rewards import UNROUTED_CONTEXT
+from compass.storage.history import REQUEST_COLUMNS
+from compass.storage.rewards import UNROUTED_CONTEXT, reward_insert
 from layers.bandit.base import RewardEvent
 
 _JSON = msgspec.json.Encoder()
@@ -35,23 +34,8 @@ def insert_requests_pg(con: Any, rows: list[dict[str, Any]]) -> None:
 
 
 def insert_reward_pg(con: Any, event: RewardEvent, tenant: str | None, comment: str | None) -> str:
-    reward_id = uuid.uuid4().hex
-    con.execute(
-        "INSERT INTO rewards (id, created_at, ts, request_id, tenant, context, model, reward, source,"
-        " comment) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        [
-            reward_id,
-            utcnow(),
-            event.ts,
-            event.request_id,
-            tenant,
-            event.context,
-            event.model,
-            event.reward,
-            event.source,
-            comment,
-        ],
-    )
+    reward_id, sql, params = reward_insert(event, tenant, comment, mark="%s")
+    con.execute(sql, params)
     return reward_id
 
 

@@ -30,11 +30,33 @@ def load_reward_events(con: Any) -> list[RewardEvent]:
     ]
 
 
-def insert_reward(con: Any, event: RewardEvent, tenant: str | None, comment: str | None) -> str:
+REWARD_COLUMNS = (
+    "id",
+    "created_at",
+    "ts",
+    "request_id",
+    "tenant",
+    "context",
+    "model",
+    "reward",
+    "source",
+    "comment",
+)
+
+
+def reward_insert(
+    event: RewardEvent, tenant: str | None, comment: str | None, mark: str = "?"
+) -> tuple[str, str, list[Any]]:
+    """``(reward id, INSERT statement, parameters)`` for one reward row; ``mark`` is the driver's
+    placeholder (``?`` for DuckDB, ``%s`` for psycopg), so both stores write the same row."""
     reward_id = uuid.uuid4().hex
-    con.execute(
-        "INSERT INTO rewards (id, created_at, ts, request_id, tenant, context, model, reward, source,"
-        " comment) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    sql = (
+        f"INSERT INTO rewards ({', '.join(REWARD_COLUMNS)}) "
+        f"VALUES ({', '.join(mark for _ in REWARD_COLUMNS)})"
+    )
+    return (
+        reward_id,
+        sql,
         [
             reward_id,
             utcnow(),
@@ -48,6 +70,11 @@ def insert_reward(con: Any, event: RewardEvent, tenant: str | None, comment: str
             comment,
         ],
     )
+
+
+def insert_reward(con: Any, event: RewardEvent, tenant: str | None, comment: str | None) -> str:
+    reward_id, sql, params = reward_insert(event, tenant, comment)
+    con.execute(sql, params)
     return reward_id
 
 
