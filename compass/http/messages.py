@@ -6,24 +6,18 @@ mapped to Anthropic's shape once, in ``http/app.py``. ``x-api-key`` is a client 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar import Request, Response, post
 from litestar.response import ServerSentEvent
-from litestar.response.sse import ServerSentEventMessage
 
 from compass.http.auth import caller_for
 from compass.http.routes import cache_mode, check_limits, json_response
+from compass.http.sse import framed
 from compass.pipeline import anthropic
 from compass.pipeline.chat import complete, open_stream
 from compass.services import Services
 from compass.wire.anthropic import CountTokensRequest, MessagesRequest
-
-
-async def _framed(events: AsyncIterator[tuple[str, str]]) -> AsyncIterator[ServerSentEventMessage]:
-    async for name, data in events:
-        yield ServerSentEventMessage(data=data, event=name, sep="\n")
 
 
 @post("/v1/messages", status_code=200, summary="Create a message (Anthropic Messages API, routed)")
@@ -38,7 +32,7 @@ async def create_message(
     message_id = anthropic.new_message_id()
     if data.wants_stream:
         chunks, headers = await open_stream(services, chat, caller, message_id)
-        return ServerSentEvent(_framed(anthropic.to_events(chunks, data)), headers=headers)
+        return ServerSentEvent(framed(anthropic.to_events(chunks, data), sep="\n"), headers=headers)
     body, headers = await complete(services, chat, caller, message_id)
     return json_response(anthropic.to_message(body, data), headers)
 

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.response import ServerSentEvent
-from litestar.response.sse import ServerSentEventMessage
 
 from compass.errors import NotFound
 from compass.http.auth import caller_for
 from compass.http.checks import cache_mode, check_limits
+from compass.http.sse import framed
 from compass.pipeline.chat import complete, open_stream
 from compass.pipeline.responses import assistant_messages, from_chat_body, request_id_of, response_id, to_chat
 from compass.pipeline.responses_stream import response_events
@@ -61,11 +60,6 @@ def remember(
     store.put(record)
 
 
-async def _sse(events: AsyncIterator[tuple[str, dict[str, Any]]]) -> AsyncIterator[ServerSentEventMessage]:
-    async for kind, event in events:
-        yield ServerSentEventMessage(event=kind, data=_JSON.encode(event).decode())
-
-
 @post("/v1/responses", status_code=200, summary="Create a response (Responses API, routed like chat)")
 async def create_response(
     request: Request, data: ResponsesRequest, services: Services
@@ -91,7 +85,7 @@ async def create_response(
             remember(services, data, caller.tenant, response, conversation)
 
         events = response_events(data, chunks, resp_id, model, created_at, done)
-        return ServerSentEvent(_sse(events), headers=headers)
+        return ServerSentEvent(framed(events), headers=headers)
     body, headers = await complete(services, chat, caller)
     response = from_chat_body(data, body, created_at)
     remember(services, data, caller.tenant, response, conversation)

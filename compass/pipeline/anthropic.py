@@ -28,6 +28,7 @@ STOP_REASONS = {
     "content_filter": "refusal",
 }
 _JSON = msgspec.json.Encoder()
+_DECODE = msgspec.json.Decoder().decode
 
 
 def new_message_id() -> str:
@@ -269,26 +270,33 @@ def event(name: str, data: dict[str, Any]) -> tuple[str, str]:
     return name, _JSON.encode({"type": name, **data}).decode()
 
 
-async def to_events(chunks: AsyncIterator[str], request: MessagesRequest) -> AsyncIterator[tuple[str, str]]:
-    """The chat pipeline's SSE bodies (chunks, ``[DONE]`` or an error body) as Anthropic's events."""
+async def to_events(
+    chunks: AsyncIterator[str], request: MessagesRequest
+) -> AsyncIterator[list[tuple[str, str]]]:
+    """The chat pipeline's SSE bodies (chunks, ``[DONE]`` or an error body) as Anthropic's events.
+
+    One batch of events per chunk, so the edge writes each burst as one body chunk.
+    """
     block: tuple[str, int] | None = None  # ("text", -1) or ("tool", chat tool index)
     index = -1
     started = False
     usage: dict[str, Any] | None = None
     choice_end: dict[str, Any] = {}
     async for raw in chunks:
+        out: list[tuple[str, str]] = []
         if raw == "[DONE]":
             if block is not None:
-                yield event("content_block_stop", {"index": index})
+                out.append(event("content_block_stop", {"index": index}))
             reason, sequence = stop_reason(choice_end, request.stop_sequences or None)
             delta = {"stop_reason": reason, "stop_sequence": sequence}
-            yield event("message_delta", {"delta": delta, "usage": anthropic_usage(usage)})
-            yield event("message_stop", {})
+            out.append(event("message_delta", {"delta": delta, "usage": anthropic_usage(usage)}))
+            out.append(event("message_stop", {}))
+            yield out
             return
-        chunk = json.loads(raw)
+        chunk = _DECODE(raw)
         if "error" in chunk and "choices" not in chunk:
             status = 504 if chunk["error"].get("type") == "timeout" else 502
-            yield event("error", {"error": from_openai_error(status, chunk)[1]["error"]})
+            yield [event("error", {"error": from_openai_error(status, chunk)[1]["error"]})]
             return
         if not started:
             started = True
@@ -303,8 +311,8 @@ async def to_events(chunks: AsyncIterator[str], request: MessagesRequest) -> Asy
                 "usage": {"input_tokens": 0, "output_tokens": 0},
                 "routing": chunk.get("routing"),
             }
-            yield event("message_start", {"message": message})
-            yield event("ping", {})
+            out.append(event("message_start", {"message": message}))
+            out.append(event("ping", {}))
         if chunk.get("usage"):
             usage = chunk["usage"]
         for choice in chunk.get("choices") or []:
@@ -314,22 +322,27 @@ async def to_events(chunks: AsyncIterator[str], request: MessagesRequest) -> Asy
             if delta.get("content"):
                 if block is None or block[0] != "text":
                     if block is not None:
-                        yield event("content_block_stop", {"index": index})
+                        out.append(event("content_block_stop", {"index": index}))
                     index += 1
                     block = ("text", -1)
-                    yield event(
-                        "content_block_start", {"index": index, "content_block": {"type": "text", "text": ""}}
+                    out.append(
+                        event(
+                            "content_block_start",
+                            {"index": index, "content_block": {"type": "text", "text": ""}},
+                        )
                     )
-                yield event(
-                    "content_block_delta",
-                    {"index": index, "delta": {"type": "text_delta", "text": delta["content"]}},
+                out.append(
+                    event(
+                        "content_block_delta",
+                        {"index": index, "delta": {"type": "text_delta", "text": delta["content"]}},
+                    )
                 )
             for call in delta.get("tool_calls") or []:
                 position = int(call.get("index", 0))
                 function = call.get("function") or {}
                 if block != ("tool", position):
                     if block is not None:
-                        yield event("content_block_stop", {"index": index})
+                        out.append(event("content_block_stop", {"index": index}))
                     index += 1
                     block = ("tool", position)
                     start = {
@@ -338,15 +351,19 @@ async def to_events(chunks: AsyncIterator[str], request: MessagesRequest) -> Asy
                         "name": function.get("name") or "",
                         "input": {},
                     }
-                    yield event("content_block_start", {"index": index, "content_block": start})
+                    out.append(event("content_block_start", {"index": index, "content_block": start}))
                 if function.get("arguments"):
                     piece = {"type": "input_json_delta", "partial_json": function["arguments"]}
-                    yield event("content_block_delta", {"index": index, "delta": piece})
+                    out.append(event("content_block_delta", {"index": index, "delta": piece}))
             if choice.get("finish_reason"):
                 choice_end = choice
-    yield event(
-        "error", {"error": anthropic_error(502, "the upstream stream ended without finishing")["error"]}
-    )
+        if out:
+            yield out
+    yield [
+        event(
+            "error", {"error": anthropic_error(502, "the upstream stream ended without finishing")["error"]}
+        )
+    ]
 
 
 def count_tokens(request: CountTokensRequest, model: str | None) -> tuple[int, str]:

@@ -1,7 +1,7 @@
 """Gateway overhead over calling the fake upstream directly, measured side by side in one run.
 
     python -m ops.bench.overhead [--requests 400] [--concurrency 1 32] [--stream] [--apis chat responses]
-                                 [--quick | --ab embedder-wait|embedder-runtime|embedder-threads|durability]
+                                 [--interleave] [--quick | --ab embedder-wait|...|durability]
 
 The fake upstream and each gateway run as separate processes on loopback; the load client is
 aiohttp. For every concurrency the same request mix goes (a) straight to the fake upstream and
@@ -12,6 +12,11 @@ target is about — then the default MiniLM classifier, then MiniLM plus the sem
 also sends the same prompts as Responses API requests (translated onto chat by the gateway; the
 direct call is chat either way), so the Responses translation's own cost is the difference of
 the two overheads in one run.
+
+``--interleave`` is the fairer form of that comparison on a shared machine: at concurrency 1 each
+round sends one direct call and one request per API, in an order rotated every round, so slow
+minutes hit every API alike; it reports each API's p50 and the median of the per-round paired
+difference against chat.
 """
 
 from __future__ import annotations
@@ -114,6 +119,82 @@ async def measure(
     return await load(url, lambda i: make(i, model), concurrency, requests, stream=stream)
 
 
+async def interleaved(
+    gateway: str, direct: str, apis: list[str], rounds: int, stream: bool = False
+) -> dict[str, dict[str, float]]:
+    """Latency per API, each round sending the direct call and every API once in a rotated order."""
+    import time
+
+    import aiohttp
+
+    from ops.bench.common import percentile
+
+    targets = [("direct", direct, body, "demo-small")] + [
+        (api, f"{gateway}{APIS[api][0]}", APIS[api][1], "auto") for api in apis
+    ]
+    times: dict[str, list[float]] = {name: [] for name, *_ in targets}
+    errors = dict.fromkeys(times, 0)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        for r in range(rounds + 50):  # the first 50 rounds warm up and are not counted
+            for k in range(len(targets)):
+                name, url, make, model = targets[(r + k) % len(targets)]
+                payload = make(r if r >= 50 else 10_000_000 + r, model)
+                if stream:
+                    payload = {**payload, "stream": True}
+                start = time.perf_counter()
+                async with session.post(url, json=payload) as response:
+                    if stream:
+                        async for _ in response.content:
+                            pass
+                    else:
+                        await response.read()
+                    ok = response.status == 200
+                if r < 50:
+                    continue
+                if ok:
+                    times[name].append((time.perf_counter() - start) * 1000)
+                else:
+                    errors[name] += 1
+                    times[name].append(float("nan"))
+    out: dict[str, dict[str, float]] = {}
+    chat = times.get("chat")
+    for name, values in times.items():
+        good = [v for v in values if v == v]
+        row = {"n": len(good), "errors": errors[name], "p50_ms": percentile(good, 50)}
+        row["p99_ms"] = percentile(good, 99)
+        if chat is not None and name != "direct":
+            paired = [a - b for a, b in zip(values, chat, strict=True) if a == a and b == b]
+            row["paired_over_chat_p50_ms"] = percentile(paired, 50)
+        out[name] = row
+    return out
+
+
+def main_interleaved(args: argparse.Namespace, gateway: str, direct: str) -> None:
+    apis = list(dict.fromkeys(["chat", *args.apis]))
+    for stream in [False, True] if args.stream else [False]:
+        result = asyncio.run(interleaved(gateway, direct, apis, args.requests, stream))
+        d = result["direct"]["p50_ms"]
+        rows = [
+            [
+                name,
+                "yes" if stream else "no",
+                r["n"],
+                r["p50_ms"],
+                r["p50_ms"] - d if name != "direct" else 0.0,
+                r.get("paired_over_chat_p50_ms", float("nan")),
+                r["p99_ms"],
+                r["errors"],
+            ]
+            for name, r in result.items()
+        ]
+        print_table(
+            "Interleaved, concurrency 1 (ms)",
+            ["api", "stream", "n", "p50", "overhead p50", "paired over chat p50", "p99", "errors"],
+            rows,
+        )
+        write_json(f"overhead_interleaved{'_stream' if stream else ''}", {"results": result})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -126,6 +207,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="only the layer-1-off variant")
     parser.add_argument(
         "--apis", nargs="+", choices=sorted(APIS), default=["chat"], help="gateway APIs to send"
+    )
+    parser.add_argument(
+        "--interleave", action="store_true", help="one gateway; APIs interleaved per round (c=1)"
     )
     parser.add_argument("--ab", choices=sorted(AB_TESTS), help="instead: an A/B/A/B of one option")
     args = parser.parse_args()
@@ -143,7 +227,7 @@ def main() -> None:
         }
         for name, (tier, p_in, p_out) in MODELS.items()
     ]
-    variants = dict(list(VARIANTS.items())[:1]) if args.quick else VARIANTS
+    variants = dict(list(VARIANTS.items())[:1]) if args.quick or args.interleave else VARIANTS
     if args.ab:
         variants = AB_TESTS[args.ab]
     modes = [False, True] if args.stream else [False]
@@ -156,6 +240,9 @@ def main() -> None:
                 storage = {"flush_interval_ms": 20, "durability": "batched"}
                 config = {"models": pool, "storage": storage, **overrides}
                 with GatewayProcess(Path(home), config, env={"COMPASS_LOG_LEVEL": "warning"}) as gateway:
+                    if args.interleave:
+                        main_interleaved(args, gateway.url, f"{fake.url}/chat/completions")
+                        return
                     for stream in modes:
                         for concurrency in args.concurrency:
                             n = args.requests * (10 if concurrency >= 8 else 1)
