@@ -1,8 +1,14 @@
-"""Shared fixtures. ``postgres``: one throwaway PostgreSQL 15 cluster per test session (fails loudly)."""
+"""Shared fixtures.
+
+``postgres``: one throwaway PostgreSQL 15 cluster per test session (fails loudly).
+``upstream``: the fake OpenAI-compatible upstream with its demo models, one per test module
+(a module that needs other behaviour defines its own ``upstream``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -25,3 +31,14 @@ def pg_url(postgres: Cluster, request: pytest.FixtureRequest) -> str:
     postgres.psql(f'DROP DATABASE IF EXISTS "{name}"')
     postgres.psql(f'CREATE DATABASE "{name}"')
     return postgres.url(name)
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Any]:
+    from ops.fake_upstream import FakeUpstream, demo_config
+
+    fake = FakeUpstream(demo_config()).start()
+    try:
+        yield fake
+    finally:
+        fake.stop()

@@ -33,6 +33,30 @@ MOCK_POOL: list[dict[str, Any]] = [
 ]
 
 
+# The fake upstream's demo models (ops/fake_upstream): (input, output price per Mtok, tier).
+DEMO_PRICES: dict[str, tuple[float, float, str]] = {
+    "demo-small": (0.1, 0.4, "simple"),
+    "demo-medium": (1.0, 4.0, "medium"),
+    "demo-large": (10.0, 40.0, "complex"),
+}
+
+
+def demo_pool(upstream: Any) -> list[dict[str, Any]]:
+    """The demo models as a gateway pool pointed at a running fake upstream (``upstream.url``)."""
+    return [
+        {
+            "name": name,
+            "litellm_model": f"openai/{name}",
+            "api_base": upstream.url,
+            "api_key": "k",
+            "input_price_per_mtok": p_in,
+            "output_price_per_mtok": p_out,
+            "tier": tier,
+        }
+        for name, (p_in, p_out, tier) in DEMO_PRICES.items()
+    ]
+
+
 def make_settings(home: Path, models: list[dict[str, Any]] | None = None, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "home": str(home),

@@ -19,18 +19,14 @@ from typing import Any
 import httpx
 import pytest
 
-from ops.fake_upstream import FakeUpstream, demo_config
+from ops.fake_upstream import FakeUpstream
 from ops.procs import REPO, GatewayProcess
+from tests.helpers import demo_pool
 
 CHROMIUM = Path(os.environ.get("COMPASS_CHROMIUM", "/usr/bin/chromium"))
 ADMIN_KEY = "admin-key-for-the-browser-test"
 SCREENSHOT = REPO / "ops" / "screenshots" / "admin.png"
 LATEST = REPO / "ops" / "screenshots" / "latest" / "admin.png"
-PRICES = {
-    "demo-small": (0.1, 0.4, "simple"),
-    "demo-medium": (1.0, 4.0, "medium"),
-    "demo-large": (10.0, 40.0, "complex"),
-}
 # Short prompts route as "simple", long ones as "complex" (the length rule); repeats hit the cache.
 PROMPTS = [
     "What is 2 + 2?",
@@ -50,28 +46,9 @@ def bearer(key: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeUpstream]:
-    fake = FakeUpstream(demo_config()).start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture(scope="module")
 def gateway(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    pool = [
-        {
-            "name": name,
-            "litellm_model": f"openai/{name}",
-            "api_base": upstream.url,
-            "api_key": "k",
-            "input_price_per_mtok": p_in,
-            "output_price_per_mtok": p_out,
-            "tier": tier,
-        }
-        for name, (p_in, p_out, tier) in PRICES.items()
-    ]
     config = {
-        "models": pool,
+        "models": demo_pool(upstream),
         "classifier": {"backend": "length"},
         "security": {"admin_key": ADMIN_KEY},
         "storage": {"flush_interval_ms": 5},

@@ -16,8 +16,7 @@ from compass.services import build_services
 from compass.upstream.mock import MockUpstream
 from ops.fake_upstream import FakeUpstream, demo_config
 from ops.procs import GatewayProcess
-from tests.helpers import MOCK_POOL, make_settings
-from tests.test_e2e_openai import pool_for
+from tests.helpers import MOCK_POOL, demo_pool, make_settings
 
 LONG = "Explain, step by step and with a worked example, how a B-tree splits a full node. " * 40
 
@@ -103,7 +102,7 @@ def test_affinity_can_be_turned_off(tmp_path: Path) -> None:
 def test_multi_turn_streams_through_the_real_gateway(tmp_path: Path) -> None:
     upstream = FakeUpstream(demo_config()).start()
     config = {
-        "models": pool_for(upstream),
+        "models": demo_pool(upstream),
         # every turn stays "simple", so no turn rises above the first model's tier
         "classifier": {
             "backend": "length",

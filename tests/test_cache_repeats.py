@@ -11,13 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from layers.cache.keys import required_capability
 from layers.types import ModelSpec
-from ops.fake_upstream import FakeUpstream, demo_config
+from ops.fake_upstream import FakeUpstream
 from ops.procs import GatewayProcess
-from tests.test_e2e_openai import pool_for
+from tests.helpers import demo_pool
 
 PROMPTS = [
     "What is the boiling point of water at sea level?",
@@ -28,16 +27,9 @@ REPEATS = 21
 START_S = 300  # the MiniLM loads at start; two shared cores can take minutes
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeUpstream]:
-    fake = FakeUpstream(demo_config()).start()
-    yield fake
-    fake.stop()
-
-
 def config(upstream: FakeUpstream) -> dict[str, object]:
     return {
-        "models": pool_for(upstream),
+        "models": demo_pool(upstream),
         "selector": {"backend": "thompson"},
         "cache": {"enabled": True},
         "storage": {"flush_interval_ms": 5},
@@ -64,7 +56,7 @@ def test_every_exact_repeat_hits_including_the_first_after_a_restart(
     upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     gateway = GatewayProcess(tmp_path / "home", config(upstream)).start(timeout_s=START_S)
-    rank = {m["name"]: i for i, m in enumerate(pool_for(upstream))}
+    rank = {m["name"]: i for i, m in enumerate(demo_pool(upstream))}
     stronger_draws = 0
     with stopping(gateway), httpx.Client(base_url=gateway.url, timeout=60) as client:
         sources = {}

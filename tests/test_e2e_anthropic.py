@@ -14,15 +14,11 @@ import anthropic
 import httpx
 import pytest
 
-from ops.fake_upstream import FakeUpstream, demo_config
+from ops.fake_upstream import FakeUpstream
 from ops.procs import GatewayProcess
+from tests.helpers import DEMO_PRICES, demo_pool
 
 ADMIN = "sk-compass-admin-anthropic-test"
-POOL = {
-    "demo-small": (0.1, 0.4, "simple"),
-    "demo-medium": (1.0, 4.0, "medium"),
-    "demo-large": (10.0, 40.0, "complex"),
-}
 WEATHER = {
     "name": "get_weather",
     "description": "The weather in a city",
@@ -31,21 +27,9 @@ WEATHER = {
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeUpstream]:
-    fake = FakeUpstream(demo_config()).start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture(scope="module")
 def gateway(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    pool = [
-        {"name": name, "litellm_model": f"openai/{name}", "api_base": upstream.url, "api_key": "k",
-         "input_price_per_mtok": p_in, "output_price_per_mtok": p_out, "tier": tier}
-        for name, (p_in, p_out, tier) in POOL.items()
-    ]  # fmt: skip
     storage = {"flush_interval_ms": 5, "store_content": "full"}
-    config = {"models": pool, "storage": storage, "security": {"admin_key": ADMIN}}
+    config = {"models": demo_pool(upstream), "storage": storage, "security": {"admin_key": ADMIN}}
     with GatewayProcess(tmp_path_factory.mktemp("e2e-anthropic"), config) as process:
         yield process
 
@@ -85,7 +69,7 @@ def test_plain_message_is_routed_and_recorded(client: anthropic.Anthropic, gatew
     )
     message = raw.parse()
     assert message.id.startswith("msg_") and message.type == "message" and message.role == "assistant"
-    assert message.model in POOL and message.content[0].type == "text" and message.content[0].text
+    assert message.model in DEMO_PRICES and message.content[0].type == "text" and message.content[0].text
     assert message.stop_reason == "end_turn" and message.stop_sequence is None
     assert message.usage.input_tokens > 0 and message.usage.output_tokens > 0
     routing = (message.model_extra or {})["routing"]
@@ -126,7 +110,7 @@ def test_stream_helper_gives_text_and_final_message(client: anthropic.Anthropic)
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert text and final.content[0].text == text
-    assert final.id.startswith("msg_") and final.model in POOL
+    assert final.id.startswith("msg_") and final.model in DEMO_PRICES
     assert final.stop_reason == "end_turn" and final.usage.output_tokens > 0
 
 

@@ -10,41 +10,17 @@ import httpx
 import openai
 import pytest
 
-from ops.fake_upstream import FakeUpstream, demo_config
+from ops.fake_upstream import FakeUpstream
 from ops.procs import GatewayProcess
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeUpstream]:
-    fake = FakeUpstream(demo_config()).start()
-    yield fake
-    fake.stop()
-
-
-def pool_for(upstream: FakeUpstream) -> list[dict[str, object]]:
-    prices = {
-        "demo-small": (0.1, 0.4, "simple"),
-        "demo-medium": (1.0, 4.0, "medium"),
-        "demo-large": (10.0, 40.0, "complex"),
-    }
-    return [
-        {
-            "name": name,
-            "litellm_model": f"openai/{name}",
-            "api_base": upstream.url,
-            "api_key": "k",
-            "input_price_per_mtok": p_in,
-            "output_price_per_mtok": p_out,
-            "tier": tier,
-        }
-        for name, (p_in, p_out, tier) in prices.items()
-    ]
+from tests.helpers import demo_pool
 
 
 @pytest.fixture(scope="module")
 def gateway(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     home = tmp_path_factory.mktemp("e2e")
-    with GatewayProcess(home, {"models": pool_for(upstream), "storage": {"flush_interval_ms": 5}}) as process:
+    with GatewayProcess(
+        home, {"models": demo_pool(upstream), "storage": {"flush_interval_ms": 5}}
+    ) as process:
         yield process
 
 

@@ -15,9 +15,9 @@ import numpy as np
 import openai
 import pytest
 
-from ops.fake_upstream import FakeUpstream, demo_config
+from ops.fake_upstream import FakeUpstream
 from ops.procs import GatewayProcess
-from tests.test_e2e_openai import pool_for
+from tests.helpers import demo_pool
 
 WEATHER_TOOL = {
     "type": "function",
@@ -25,13 +25,6 @@ WEATHER_TOOL = {
     "description": "Weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
 }
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeUpstream]:
-    fake = FakeUpstream(demo_config()).start()
-    yield fake
-    fake.stop()
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +37,7 @@ def gateway(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) ->
         "input_price_per_mtok": 0.02,
         "mode": "embedding",
     }
-    config = {"models": [*pool_for(upstream), embed], "storage": {"flush_interval_ms": 5}}
+    config = {"models": [*demo_pool(upstream), embed], "storage": {"flush_interval_ms": 5}}
     with GatewayProcess(tmp_path_factory.mktemp("e2e-responses"), config) as process:
         yield process
 
