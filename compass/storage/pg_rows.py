@@ -2,6 +2,11 @@
 
 Requests go in with COPY (one round trip per batch, like the DuckDB writer's one Arrow insert);
 JSON columns are encoded once here. Rewards carry ``seq``, the fleet-wide order replicas follow.
+
+Every insert is idempotent by id (``ON CONFLICT (id) DO NOTHING``): a batch whose commit the
+connection lost before the answer, or a spool replayed after a crash, is written again without
+duplicating a row. COPY cannot skip conflicts, so a batch is copied into a temporary table and
+moved with one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``.
 """
 
 from __future__ import annotations
@@ -11,18 +16,26 @@ from typing import Any
 import msgspec
 
 from compass.storage.history import REQUEST_COLUMNS
-from compass.storage.rewards import UNROUTED_CONTEXT, reward_insert
+from compass.storage.rewards import REWARD_COLUMNS, UNROUTED_CONTEXT, reward_insert
 from layers.bandit.base import RewardEvent
 
 _JSON = msgspec.json.Encoder()
 
 
+_BATCH_TABLE = "_compass_requests_batch"
+
+
 def insert_requests_pg(con: Any, rows: list[dict[str, Any]]) -> None:
-    """COPY the batch into ``requests`` in one transaction."""
+    """COPY the batch in, then into ``requests`` skipping ids already there; one transaction."""
     names = list(REQUEST_COLUMNS)
+    columns = ", ".join(names)
     json_cols = {n for n, kind in REQUEST_COLUMNS.items() if kind == "json"}
     with con.transaction(), con.cursor() as cur:
-        with cur.copy(f"COPY requests ({', '.join(names)}) FROM STDIN") as copy:
+        cur.execute(  # per connection; a reconnect starts without it
+            f"CREATE TEMP TABLE IF NOT EXISTS {_BATCH_TABLE}"
+            " (LIKE requests INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        with cur.copy(f"COPY {_BATCH_TABLE} ({columns}) FROM STDIN") as copy:
             for row in rows:
                 values = []
                 for name in names:
@@ -31,12 +44,28 @@ def insert_requests_pg(con: Any, rows: list[dict[str, Any]]) -> None:
                         value = _JSON.encode(value).decode()
                     values.append(value)
                 copy.write_row(values)
+        cur.execute(
+            f"INSERT INTO requests ({columns}) SELECT {columns} FROM {_BATCH_TABLE}"
+            " ON CONFLICT (id) DO NOTHING"
+        )
 
 
 def insert_reward_pg(con: Any, event: RewardEvent, tenant: str | None, comment: str | None) -> str:
     reward_id, sql, params = reward_insert(event, tenant, comment, mark="%s")
-    con.execute(sql, params)
+    con.execute(sql + " ON CONFLICT (id) DO NOTHING", params)
     return reward_id
+
+
+def insert_reward_rows_pg(con: Any, rows: list[list[Any]]) -> None:
+    """Reward rows already made by ``reward_insert`` (the spool keeps their ids): one transaction."""
+    if not rows:
+        return
+    marks = "(" + ", ".join("%s" for _ in REWARD_COLUMNS) + ")"
+    with con.transaction(), con.cursor() as cur:
+        cur.executemany(
+            f"INSERT INTO rewards ({', '.join(REWARD_COLUMNS)}) VALUES {marks} ON CONFLICT (id) DO NOTHING",
+            rows,
+        )
 
 
 def load_reward_events_pg(con: Any, after_seq: int = 0) -> tuple[list[RewardEvent], int]:
