@@ -53,7 +53,7 @@ def spool_lines(home: Path) -> int:
 
 def pg_restart(
     upstream_url: str, work: Path, clients: int = 8, phases: tuple[float, ...] = (3, 5, 4)
-) -> dict:
+) -> dict[str, Any]:
     """Load through a PostgreSQL stop and start; ``phases``: seconds before, down, after."""
     before_s, down_s, after_s = phases
     cluster = _cluster()
@@ -97,7 +97,7 @@ def pg_restart(
 
 def pg_down_kill9(
     upstream_url: str, work: Path, clients: int = 8, phases: tuple[float, ...] = (2, 3)
-) -> dict:
+) -> dict[str, Any]:
     """PostgreSQL stops; the replica is killed while it is down; both come back."""
     before_s, down_s = phases
     cluster = _cluster()
@@ -136,7 +136,9 @@ def pg_down_kill9(
     }
 
 
-def nginx_kill9(upstream_url: str, work: Path, clients: int = 8, phases: tuple[float, ...] = (4, 4)) -> dict:
+def nginx_kill9(
+    upstream_url: str, work: Path, clients: int = 8, phases: tuple[float, ...] = (4, 4)
+) -> dict[str, Any]:
     """Two replicas behind nginx; one is killed after ``phases[0]`` s, the load goes on ``phases[1]`` s."""
     before_s, after_s = phases
     cluster = _cluster()
@@ -191,7 +193,7 @@ class _Silent:
         self.port = self.sock.getsockname()[1]
 
 
-def bad_config(upstream_url: str, work: Path, timeout_s: float = 2.0) -> dict:
+def bad_config(upstream_url: str, work: Path, timeout_s: float = 2.0) -> dict[str, Any]:
     """Each bad ``storage.url`` must end ``compass serve`` quickly with the problem named."""
     cluster = _cluster()
     silent = _Silent()
@@ -246,59 +248,65 @@ def bad_config(upstream_url: str, work: Path, timeout_s: float = 2.0) -> dict:
     return results
 
 
-def verdicts(name: str, figures: dict) -> list[tuple[bool, str]]:
+def verdicts(name: str, figures: dict[str, Any]) -> list[tuple[bool, str]]:
     """``(passed, line)`` per check of one scenario's figures."""
     f = figures
     if name == "pg_restart":
+        stored = f"{f['acked'] - f['acked_missing']}/{f['acked']}"
         return [
             (
                 f["failed"] == 0 and f["served_while_down"] > 0,
-                f"served {f['served_while_down']} requests while PostgreSQL was down; {f['failed']} of {f['requests']} failed",
-            ),  # noqa: E501
+                f"served {f['served_while_down']} requests while PostgreSQL was down;"
+                f" {f['failed']} of {f['requests']} failed",
+            ),
             (
                 f["degraded_seen"] and f["max_rows_waiting"] > 0,
                 f"/health degraded, up to {f['max_rows_waiting']} rows waiting on disk",
-            ),  # noqa: E501
+            ),
             (
                 f["seconds_to_ok_after_pg_start"] is not None,
                 f"/health ok {f['seconds_to_ok_after_pg_start']} s after PostgreSQL started",
-            ),  # noqa: E501
-            (
-                f["acked_missing"] == 0,
-                f"acknowledged rows in the store: {f['acked'] - f['acked_missing']}/{f['acked']}",
-            ),  # noqa: E501
+            ),
+            (f["acked_missing"] == 0, f"acknowledged rows in the store: {stored}"),
         ]
     if name == "pg_down_kill9":
+        stored = f"{f['acked'] - f['acked_missing']}/{f['acked']}"
         return [
             (
                 f["spool_lines_after_kill"] > 0,
-                f"{f['spool_lines_after_kill']} rows on disk after kill -9 (PostgreSQL down)",
-            ),  # noqa: E501
+                f"{f['spool_lines_after_kill']} lines in the spool after kill -9 (PostgreSQL down)",
+            ),
             (
                 f["acked_missing"] == 0 and f["spool_left"] == 0,
-                f"after the restart: acknowledged rows in the store {f['acked'] - f['acked_missing']}/{f['acked']} ({f['acked_while_down']} acked while down); spool left {f['spool_left']}",
-            ),  # noqa: E501
+                f"after the restart: acknowledged rows in the store {stored}"
+                f" ({f['acked_while_down']} acked while down); spool left {f['spool_left']}",
+            ),
         ]
     if name == "nginx_kill9":
+        killed = f["acked_by_killed"]
         return [
             (
                 f["client_failures"] == 0,
-                f"client failures {f['client_failures']} of {f['requests']} ({f['requests_after_kill']} after the kill, {f['retried_by_nginx']} retried by nginx)",
-            ),  # noqa: E501
+                f"client failures {f['client_failures']} of {f['requests']}"
+                f" ({f['requests_after_kill']} after the kill, {f['retried_by_nginx']} retried by nginx)",
+            ),
             (
-                f["killed_acked_in_store_after_its_restart"] == f["acked_by_killed"],
-                f"killed replica's acked rows in the store: {f['killed_acked_in_store_at_once']}/{f['acked_by_killed']} at once, {f['killed_acked_in_store_after_its_restart']}/{f['acked_by_killed']} after its restart",
-            ),  # noqa: E501
+                f["killed_acked_in_store_after_its_restart"] == killed,
+                f"killed replica's acked rows in the store: {f['killed_acked_in_store_at_once']}/{killed}"
+                f" at once, {f['killed_acked_in_store_after_its_restart']}/{killed} after its restart",
+            ),
             (
                 f["acked_missing"] == 0,
                 f"all acknowledged rows in the store: {f['acked'] - f['acked_missing']}/{f['acked']}",
-            ),  # noqa: E501
+            ),
         ]
     return [
-        (r["exit_code"] not in (0, None) and r["named"] and r["secret_hidden"] and r["seconds"] < 30,
-         f"{case}: exit {r['exit_code']} in {r['seconds']} s: {r['message']}")
+        (
+            r["exit_code"] not in (0, None) and r["named"] and r["secret_hidden"] and r["seconds"] < 30,
+            f"{case}: exit {r['exit_code']} in {r['seconds']} s: {r['message']}",
+        )
         for case, r in figures.items()
-    ]  # fmt: skip
+    ]
 
 
 SCENARIOS = {"pg_restart": pg_restart, "pg_down_kill9": pg_down_kill9, "nginx_kill9": nginx_kill9}
