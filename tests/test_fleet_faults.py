@@ -18,10 +18,14 @@ import psycopg
 import pytest
 from litestar.testing import TestClient
 
-from compass.errors import StoreUnavailable
+from compass.errors import StoreUnavailable, UpstreamError
 from compass.http.app import create_app
 from compass.services import build_services
+from compass.storage.history import utcnow
+from compass.storage.journal import Journal
+from compass.storage.pg_rows import insert_requests_pg
 from compass.storage.postgres import PostgresStore
+from compass.storage.spool import replay_segment
 from compass.upstream.mock import MockUpstream
 from tests.helpers import MOCK_POOL, make_settings
 from tests.postgres import Cluster, start_cluster
@@ -38,9 +42,9 @@ def cluster() -> Iterator[Cluster]:
         own.stop()
 
 
-def gateway(home: Path, url: str, **overrides: Any) -> TestClient:
+def gateway(home: Path, url: str, mock: MockUpstream | None = None, **overrides: Any) -> TestClient:
     settings = make_settings(home, MOCK_POOL, **{"storage.url": url, **overrides})
-    return TestClient(create_app(settings, build_services(settings, upstream=MockUpstream())))
+    return TestClient(create_app(settings, build_services(settings, upstream=mock or MockUpstream())))
 
 
 def chat(client: TestClient, text: str) -> Any:
@@ -165,3 +169,64 @@ def test_strict_durability_refuses_while_the_store_is_down(tmp_path: Path, clust
         assert wait_healthy(client)["status"] == "ok"
         assert chat(client, "committed again").status_code == 200
     assert ok in stored_ids(url)
+
+
+def test_a_failure_reward_during_the_outage_is_spooled_and_lands_after_it(
+    tmp_path: Path, cluster: Cluster
+) -> None:
+    url = cluster.url()
+    mock = MockUpstream()
+    with gateway(tmp_path, url, mock) as client:
+        chat(client, "warm")
+        cluster.stop_server("fast")
+        mock.enqueue_error(UpstreamError("provider down"))
+        response = chat(client, "the first model fails, the fallback answers")
+        assert response.status_code == 200, response.text
+        failed_id = response.json()["id"]
+        cluster.start_server()
+        assert wait_healthy(client)["status"] == "ok"
+    with psycopg.connect(url) as con:
+        rewards = con.execute(
+            "SELECT source, reward FROM rewards WHERE request_id = %s", [failed_id]
+        ).fetchall()
+    assert rewards == [("failure", 0.0)]
+
+
+def test_inserts_are_idempotent_by_id_so_a_replayed_segment_writes_nothing_twice(
+    tmp_path: Path, pg_url: str
+) -> None:
+    store = PostgresStore(pg_url)
+    store.open()
+    try:
+        rows = [
+            {
+                "id": f"r{i}",
+                "created_at": utcnow(),
+                "tenant": "t",
+                "stream": False,
+                "demo": False,
+                "status": 200,
+                "messages": [{"role": "user"}],
+            }
+            for i in range(5)
+        ]
+        store.run_sync(insert_requests_pg, rows[:3])
+        store.run_sync(insert_requests_pg, rows)  # a batch whose commit was lost, sent again
+        spool = Journal(tmp_path / "spool")
+        for row in rows:
+            spool.append(row)
+        spool.append(
+            {"kind": "reward", "row": ["w1", utcnow(), 1.0, "r1", None, "c", "small", 1.0, "feedback", None]}
+        )
+        segment = spool.rotate()
+        assert store.run_sync(replay_segment, spool.path(segment)) == 6
+        assert store.run_sync(replay_segment, spool.path(segment)) == 6  # a crash before its removal
+        counts = store.run_sync(
+            lambda con: con.execute(
+                "SELECT (SELECT count(*) FROM requests), (SELECT count(*) FROM rewards)"
+            ).fetchone()
+        )
+        assert counts == (5, 1)
+        spool.close()
+    finally:
+        store.close()

@@ -67,7 +67,17 @@ def connect(url: str, timeout_s: float = 5.0) -> Any:
     import psycopg
 
     try:
-        return psycopg.connect(url, autocommit=True, connect_timeout=max(1, round(timeout_s)))
+        return psycopg.connect(
+            url,
+            autocommit=True,
+            connect_timeout=max(1, round(timeout_s)),
+            # a server host that vanishes (no RST) is noticed in ~10 s, not after TCP's minutes
+            keepalives=1,
+            keepalives_idle=5,
+            keepalives_interval=2,
+            keepalives_count=3,
+            tcp_user_timeout=10_000,
+        )
     except (psycopg.Error, ValueError) as exc:
         raise ConfigError(describe_connect_error(url, exc)) from exc
 
