@@ -84,6 +84,24 @@ def test_the_store_reconnects_after_a_restart(cluster: Cluster) -> None:
         store.close()
 
 
+def test_an_idle_connection_is_checked_so_a_restart_meanwhile_costs_no_error(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import compass.storage.postgres as postgres
+
+    monkeypatch.setattr(postgres, "IDLE_CHECK_S", 0.2)
+    store = PostgresStore(cluster.url(), connect_timeout_s=2)
+    store.open()
+    try:
+        cluster.stop_server("fast")
+        cluster.start_server()
+        time.sleep(0.3)
+        assert store.run_sync(lambda con: con.execute("SELECT 3").fetchone()[0]) == 3
+        assert store.reconnects == 1
+    finally:
+        store.close()
+
+
 def test_requests_are_served_through_a_restart_and_spooled_rows_land_once(
     tmp_path: Path, cluster: Cluster
 ) -> None:

@@ -32,6 +32,7 @@ T = TypeVar("T")
 
 BACKEND = "postgresql"
 RECONNECT_EVERY_S = 0.25
+IDLE_CHECK_S = 5.0  # a connection idle this long is pinged before use: a restart meanwhile is no error
 
 
 def redact(url: str) -> str:
@@ -94,6 +95,7 @@ class PostgresStore:
         self._con: Any = None
         self._thread_id: int | None = None
         self._next_attempt = 0.0
+        self._last_used = 0.0
         self.reconnects = 0
         self.last_error: str | None = None  # why the store was last unavailable (no secrets)
 
@@ -114,11 +116,21 @@ class PostgresStore:
     def _open_in_thread(self) -> list[str]:
         self._thread_id = threading.get_ident()
         self._con = connect(self.url, self.connect_timeout_s)
-        return migrate(self._con)
+        applied = migrate(self._con)
+        self._last_used = time.monotonic()
+        return applied
 
     @property
     def connection(self) -> Any:
         """The live connection (reconnecting if it was lost); only on the store's own thread."""
+        if self._con is not None and time.monotonic() - self._last_used > IDLE_CHECK_S:
+            import psycopg
+
+            try:
+                self._con.execute("SELECT 1")
+                self._last_used = time.monotonic()
+            except psycopg.Error as exc:  # the server restarted while this connection sat idle
+                self._drop(exc)
         if self._con is None:
             now = time.monotonic()
             if now < self._next_attempt:
@@ -131,6 +143,7 @@ class PostgresStore:
                 raise StoreUnavailable(f"the fleet store is unavailable ({exc})") from exc
             self.reconnects += 1
             self.last_error = None
+            self._last_used = time.monotonic()
         return self._con
 
     @property
@@ -142,7 +155,9 @@ class PostgresStore:
 
         con = self.connection
         try:
-            return fn(con, *args)
+            result = fn(con, *args)
+            self._last_used = time.monotonic()
+            return result
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             if not con.broken and not con.closed:
                 raise  # the statement failed (e.g. a lock timeout), not the connection
