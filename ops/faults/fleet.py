@@ -8,6 +8,8 @@
   start to ``/health`` ok, and acknowledged rows missing from the store afterwards.
 * ``pg_down_kill9``: the same outage, but the replica is killed (SIGKILL) while PostgreSQL is
   down; PostgreSQL comes back and the replica is started again on the same home.
+* ``spool_full``: a long outage with a small spool: new requests get a 503 once it is full,
+  are served again once PostgreSQL is back, and no acknowledged row is dropped.
 * ``nginx_kill9``: two replicas behind nginx (``proxy_next_upstream``), one killed mid-load.
   Counts client failures and the killed replica's acknowledged rows found in the store, right
   after the kill and after that replica's next start (which writes its journal).
@@ -183,6 +185,46 @@ def nginx_kill9(
     }
 
 
+def spool_full(
+    upstream_url: str, work: Path, clients: int = 8, phases: tuple[float, ...] = (1, 6, 3)
+) -> dict[str, Any]:
+    """A small spool (``spool_max_mb: 0.5``) fills during a long outage: 503s, no row dropped."""
+    before_s, down_s, after_s = phases
+    cluster = _cluster()
+    config = fleet_config(upstream_url, cluster.url(), spool_max_mb=0.5)
+    gateway = GatewayProcess(work / "replica", config, env=env_offline())
+    try:
+        gateway.start()
+        with HealthWatch(gateway.url) as watch, Load([gateway.url], clients) as load:
+            time.sleep(before_s)
+            down_at = time.monotonic()
+            cluster.stop_server("fast")
+            time.sleep(down_s)
+            up_at = time.monotonic()
+            cluster.start_server()
+            time.sleep(after_s)
+        gateway.stop()
+        stored = store_ids(cluster.url())
+    finally:
+        gateway.stop()
+        cluster.stop()
+    refused = [r for r in load.results if not r.ok]
+    full = [r for r in refused if r.status == 503 and "spool_full" in (r.error or "")]
+    acked = load.acked()
+    return {
+        "clients": clients,
+        "phases_s": list(phases),
+        "spool_max_bytes": watch.last_spool.get("max_bytes"),
+        "requests": len(load.results),
+        "served_while_down": sum(r.ok and down_at <= r.started < up_at for r in load.results),
+        "refused": len(refused),
+        "refused_spool_full_503": len(full),
+        "served_after_recovery": sum(r.ok and r.started >= up_at for r in load.results),
+        "acked": len(acked),
+        "acked_missing": len(acked - stored),
+    }
+
+
 class _Silent:
     """A TCP port that accepts and never answers: a firewall's black hole, a hung server."""
 
@@ -282,6 +324,22 @@ def verdicts(name: str, figures: dict[str, Any]) -> list[tuple[bool, str]]:
                 f" ({f['acked_while_down']} acked while down); spool left {f['spool_left']}",
             ),
         ]
+    if name == "spool_full":
+        return [
+            (
+                f["refused"] > 0 and f["refused"] == f["refused_spool_full_503"],
+                f"spool of {f['spool_max_bytes']} bytes: {f['served_while_down']} served while down, then"
+                f" {f['refused_spool_full_503']} refused with 503 spool_full (of {f['refused']} failures)",
+            ),
+            (
+                f["served_after_recovery"] > 0,
+                f"{f['served_after_recovery']} served after PostgreSQL returned",
+            ),
+            (
+                f["acked_missing"] == 0,
+                f"acknowledged rows in the store: {f['acked'] - f['acked_missing']}/{f['acked']}",
+            ),
+        ]
     if name == "nginx_kill9":
         killed = f["acked_by_killed"]
         return [
@@ -309,7 +367,12 @@ def verdicts(name: str, figures: dict[str, Any]) -> list[tuple[bool, str]]:
     ]
 
 
-SCENARIOS = {"pg_restart": pg_restart, "pg_down_kill9": pg_down_kill9, "nginx_kill9": nginx_kill9}
+SCENARIOS = {
+    "pg_restart": pg_restart,
+    "pg_down_kill9": pg_down_kill9,
+    "spool_full": spool_full,
+    "nginx_kill9": nginx_kill9,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -318,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     from ops.faults.harness import POOL_SHAPE
 
     parser = argparse.ArgumentParser(prog="python -m ops.faults.fleet", description=__doc__)
-    parser.add_argument("--scenarios", default="pg_restart,pg_down_kill9,nginx_kill9,bad_config")
+    parser.add_argument("--scenarios", default="pg_restart,pg_down_kill9,spool_full,nginx_kill9,bad_config")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--latency-ms", type=float, default=20.0, help="the fake upstream's latency")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every phase's length")
@@ -327,7 +390,12 @@ def main(argv: list[str] | None = None) -> int:
     behaviour = FakeModelBehaviour(latency_ms=args.latency_ms, tokens_per_s=1000.0, completion_tokens=24)
     upstream = FakeUpstream(FakeUpstreamConfig(models={n: behaviour for n in POOL_SHAPE})).start()
     work = Path(tempfile.mkdtemp(prefix="compass-fleet-faults-"))
-    phases = {"pg_restart": (3, 5, 4), "pg_down_kill9": (2, 3), "nginx_kill9": (4, 4)}
+    phases = {
+        "pg_restart": (3, 5, 4),
+        "pg_down_kill9": (2, 3),
+        "spool_full": (1, 6, 3),
+        "nginx_kill9": (4, 4),
+    }
     runs, passed = [], True
     try:
         for name in [s.strip() for s in args.scenarios.split(",") if s.strip()]:

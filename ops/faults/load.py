@@ -89,7 +89,8 @@ class Load:
                             result.error = f"{response.status_code}: {response.text[:200]}"
                 except (httpx.HTTPError, ValueError) as exc:
                     result.error = f"{type(exc).__name__}: {exc}"
-                    time.sleep(0.05)
+                if not result.ok:
+                    time.sleep(0.05)  # a refused client backs off a little, as SDKs do
                 with self._lock:
                     self.results.append(result)
 
