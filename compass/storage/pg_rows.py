@@ -2,11 +2,6 @@
 
 Requests go in with COPY (one round trip per batch, like the DuckDB writer's one Arrow insert);
 JSON columns are encoded once here. Rewards carry ``seq``, the fleet-wide order replicas follow.
-
-Every insert is idempotent by id (``ON CONFLICT (id) DO NOTHING``): a batch whose commit the
-connection lost before the answer, or a spool replayed after a crash, is written again without
-duplicating a row. COPY cannot skip conflicts, so a batch is copied into a temporary table and
-moved with one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``.
 """
 
 from __future__ import annotations
@@ -16,7 +11,7 @@ from typing import Any
 import msgspec
 
 from compass.storage.history import REQUEST_COLUMNS
-from compass.storage.rewards import REWARD_COLUMNS, UNROUTED_CONTEXT, reward_insert
+from compass.storage.rewards import UNROUTED_CONTEXT, reward_insert
 from layers.bandit.base import RewardEvent
 
 _JSON = msgspec.json.Encoder()
@@ -26,7 +21,12 @@ _BATCH_TABLE = "_compass_requests_batch"
 
 
 def insert_requests_pg(con: Any, rows: list[dict[str, Any]]) -> None:
-    """COPY the batch in, then into ``requests`` skipping ids already there; one transaction."""
+    """COPY the batch in, then into ``requests`` skipping ids already there; one transaction.
+
+    Idempotent by id (``ON CONFLICT (id) DO NOTHING``): a batch whose commit the connection lost
+    before the answer, or a spool replayed after a crash (compass/storage/spool.py), is written
+    again without a duplicate. COPY cannot skip conflicts, so it fills a temporary table first.
+    """
     names = list(REQUEST_COLUMNS)
     columns = ", ".join(names)
     json_cols = {n for n, kind in REQUEST_COLUMNS.items() if kind == "json"}
@@ -52,20 +52,8 @@ def insert_requests_pg(con: Any, rows: list[dict[str, Any]]) -> None:
 
 def insert_reward_pg(con: Any, event: RewardEvent, tenant: str | None, comment: str | None) -> str:
     reward_id, sql, params = reward_insert(event, tenant, comment, mark="%s")
-    con.execute(sql + " ON CONFLICT (id) DO NOTHING", params)
+    con.execute(sql, params)
     return reward_id
-
-
-def insert_reward_rows_pg(con: Any, rows: list[list[Any]]) -> None:
-    """Reward rows already made by ``reward_insert`` (the spool keeps their ids): one transaction."""
-    if not rows:
-        return
-    marks = "(" + ", ".join("%s" for _ in REWARD_COLUMNS) + ")"
-    with con.transaction(), con.cursor() as cur:
-        cur.executemany(
-            f"INSERT INTO rewards ({', '.join(REWARD_COLUMNS)}) VALUES {marks} ON CONFLICT (id) DO NOTHING",
-            rows,
-        )
 
 
 def load_reward_events_pg(con: Any, after_seq: int = 0) -> tuple[list[RewardEvent], int]:

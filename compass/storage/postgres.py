@@ -95,7 +95,7 @@ class PostgresStore:
         self._con: Any = None
         self._thread_id: int | None = None
         self._next_attempt = 0.0
-        self._last_used = 0.0
+        self._last_used = time.monotonic()
         self.reconnects = 0
         self.last_error: str | None = None  # why the store was last unavailable (no secrets)
 
@@ -116,9 +116,7 @@ class PostgresStore:
     def _open_in_thread(self) -> list[str]:
         self._thread_id = threading.get_ident()
         self._con = connect(self.url, self.connect_timeout_s)
-        applied = migrate(self._con)
-        self._last_used = time.monotonic()
-        return applied
+        return migrate(self._con)
 
     @property
     def connection(self) -> Any:

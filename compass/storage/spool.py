@@ -34,8 +34,8 @@ from typing import Any
 from compass.errors import SpoolFull, StoreUnavailable
 from compass.storage.history import _STOP, REQUEST_COLUMNS, HistoryWriter
 from compass.storage.journal import SEGMENT_BYTES, Journal, read_rows, segment_number, segments
-from compass.storage.pg_rows import insert_requests_pg, insert_reward_rows_pg
-from compass.storage.rewards import reward_insert
+from compass.storage.pg_rows import insert_requests_pg
+from compass.storage.rewards import REWARD_COLUMNS, reward_insert
 
 log = logging.getLogger("compass.spool")
 
@@ -59,6 +59,18 @@ def _split(items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[list
         else:
             requests.append(item)
     return requests, rewards
+
+
+def insert_reward_rows_pg(con: Any, rows: list[list[Any]]) -> None:
+    """Reward rows made by ``reward_insert`` (the spool keeps their ids), idempotent by id."""
+    if not rows:
+        return
+    marks = "(" + ", ".join("%s" for _ in REWARD_COLUMNS) + ")"
+    with con.transaction(), con.cursor() as cur:
+        cur.executemany(
+            f"INSERT INTO rewards ({', '.join(REWARD_COLUMNS)}) VALUES {marks} ON CONFLICT (id) DO NOTHING",
+            rows,
+        )
 
 
 def write_items(con: Any, requests: list[dict[str, Any]], rewards: list[list[Any]]) -> None:
