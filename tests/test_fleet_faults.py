@@ -9,6 +9,7 @@ are in tests/test_fleet_kill.py.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,7 @@ from compass.storage.history import utcnow
 from compass.storage.journal import Journal
 from compass.storage.pg_rows import insert_requests_pg
 from compass.storage.postgres import PostgresStore
-from compass.storage.spool import replay_segment
+from compass.storage.spool import claim, recover_spool, replay_segment
 from compass.upstream.mock import MockUpstream
 from tests.helpers import MOCK_POOL, make_settings
 from tests.postgres import Cluster, start_cluster
@@ -136,7 +137,7 @@ def test_requests_are_served_through_a_restart_and_spooled_rows_land_once(
     ids = stored_ids(url)
     assert len(ids) == len(set(ids))
     assert set(ids) == set(before + during + after)
-    assert not list((tmp_path / "spool").glob("*.jsonl"))  # a clean stop leaves no spool behind
+    assert not list((tmp_path / "spool").rglob("*.jsonl"))  # a clean stop leaves no spool behind
 
 
 @pytest.mark.parametrize("durability", ["journal", "batched"])
@@ -246,5 +247,33 @@ def test_inserts_are_idempotent_by_id_so_a_replayed_segment_writes_nothing_twice
         )
         assert counts == (5, 1)
         spool.close()
+    finally:
+        store.close()
+
+
+def test_start_up_replays_the_spools_of_dead_processes_and_leaves_a_live_ones(
+    tmp_path: Path, pg_url: str
+) -> None:
+    root = tmp_path / "spool"
+    row = {"tenant": "t", "stream": False, "demo": False, "status": 200, "created_at": utcnow()}
+    for name in ("dead", "alive"):
+        spool = Journal(root / name)
+        spool.append({**row, "id": f"from-{name}"})
+        spool.close()  # a row not committed: the segment stays, as after kill -9
+    held = claim(root / "alive")  # a live process holds its spool
+    assert held is not None
+    store = PostgresStore(pg_url)
+    store.open()
+    try:
+        assert recover_spool(store, root) == 1
+        assert set(store.run_sync(lambda con: [r[0] for r in con.execute("SELECT id FROM requests")])) == {
+            "from-dead"
+        }
+        assert not (root / "dead").exists() and (root / "alive").exists()
+        os.close(held)  # that process died: the next start takes its rows
+        assert recover_spool(store, root) == 1
+        assert recover_spool(store, root) == 0
+        ids = store.run_sync(lambda con: sorted(r[0] for r in con.execute("SELECT id FROM requests")))
+        assert ids == ["from-alive", "from-dead"]
     finally:
         store.close()

@@ -20,13 +20,24 @@ rewards) go to PostgreSQL in batches as in embedded mode. When the store stops a
 
 A replica killed (``kill -9``) while the store is down keeps its spool: the next start replays
 it before serving (``recover_spool``), as the embedded journal's recovery does for DuckDB.
+
+Layout: ``<spool root>/<host>-<pid>-<time>/`` per process, holding an ``flock`` on its
+``owner.lock`` while it lives (the kernel drops it when the process dies, ``kill -9`` included).
+A starting process replays and removes every directory whose lock it can take, and skips those a
+live process holds, so several processes may share one spool root (``--workers``, or
+``storage.spool_dir`` pointing several homes at one disk) without replaying each other's rows
+twice or losing a dead one's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import fcntl
 import logging
+import os
+import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -44,8 +55,28 @@ TIMESTAMPS = tuple(name for name, kind in REQUEST_COLUMNS.items() if kind == "ti
 _TICK: dict[str, Any] = {}  # wakes the writer while the store is down and no rows arrive
 
 
+LOCK = "owner.lock"
+
+
 def spool_path(settings: Any) -> Path:
-    return settings.home_path / "spool"
+    """The spool root: ``storage.spool_dir`` (relative to home), else ``<home>/spool``."""
+    configured = getattr(settings.storage, "spool_dir", None)
+    if not configured:
+        return settings.home_path / "spool"
+    path = Path(configured).expanduser()
+    return path if path.is_absolute() else settings.home_path / path
+
+
+def claim(directory: Path) -> int | None:
+    """An exclusive ``flock`` on the directory's lock file (its descriptor); None if a live process has it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def _split(items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[list[Any]]]:
@@ -90,14 +121,22 @@ def replay_segment(con: Any, path: Path, batch_size: int = 512) -> int:
     return len(items)
 
 
-def recover_spool(store: Any, directory: Path) -> int:
-    """At start-up: replay what an earlier run left in the spool (a crash, or a stop while down)."""
-    if not directory.is_dir():
+def recover_spool(store: Any, root: Path) -> int:
+    """At start-up: replay what dead processes left under ``root`` (a crash, or a stop while down)."""
+    if not root.is_dir():
         return 0
     total = 0
-    for path in segments(directory):
-        total += store.run_sync(replay_segment, path)
-        path.unlink(missing_ok=True)
+    for directory in sorted(p for p in root.iterdir() if p.is_dir()):
+        fd = claim(directory)
+        if fd is None:
+            continue  # a live process's spool: it writes its own rows
+        try:
+            for path in segments(directory):
+                total += store.run_sync(replay_segment, path)
+                path.unlink(missing_ok=True)
+            shutil.rmtree(directory, ignore_errors=True)
+        finally:
+            os.close(fd)
     if total:
         log.warning("spool: wrote %d rows that an earlier run had spooled to %s", total, store.display)
     return total
@@ -133,6 +172,7 @@ class FleetWriter(HistoryWriter):
         self._skip_through = 0  # rows of segments up to this one were replayed: skip them in the queue
         self._next_try = 0.0
         self._ticker: asyncio.Task[None] | None = None
+        self.lock_fd: int | None = None  # this process's claim on its spool directory
 
     # --- what handlers call -------------------------------------------------------------
     def admit(self) -> None:
@@ -333,18 +373,26 @@ class FleetWriter(HistoryWriter):
             self._ticker = None
         await super().close()
         self.spool.close()
+        if not segments(self.spool.directory):  # everything written: nothing for the next start
+            shutil.rmtree(self.spool.directory, ignore_errors=True)
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
 
 
 def fleet_writer(store: Any, settings: Any) -> FleetWriter:
     """Replay what an earlier run spooled (the store answered at start-up), then a new writer."""
     cfg = settings.storage
-    directory = spool_path(settings)
-    recovered = recover_spool(store, directory)
+    root = spool_path(settings)
+    recovered = recover_spool(store, root)
     if recovered:
         log.warning("history: %d spooled rows from before a restart written to the fleet store", recovered)
     max_bytes = max(64 * 1024, int(cfg.spool_max_mb * 1024 * 1024))
+    directory = root / f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
+    lock_fd = claim(directory)
+    assert lock_fd is not None  # a fresh directory
     spool = Journal(directory, segment_bytes=min(SEGMENT_BYTES, max(4096, max_bytes // 8)))
-    return FleetWriter(
+    writer = FleetWriter(
         store,
         spool,
         durability=cfg.durability,
@@ -352,6 +400,8 @@ def fleet_writer(store: Any, settings: Any) -> FleetWriter:
         flush_interval_ms=cfg.flush_interval_ms,
         batch_size=cfg.batch_size,
     )
+    writer.lock_fd = lock_fd
+    return writer
 
 
 __all__ = ["FleetWriter", "fleet_writer", "recover_spool", "segment_number", "spool_path"]

@@ -50,7 +50,7 @@ def fleet_config(upstream_url: str, url: str, **storage: Any) -> dict[str, Any]:
 
 
 def spool_lines(home: Path) -> int:
-    return sum(len(p.read_bytes().splitlines()) for p in (home / "spool").glob("*.jsonl"))
+    return sum(len(p.read_bytes().splitlines()) for p in (home / "spool").rglob("*.jsonl"))
 
 
 def pg_restart(
