@@ -70,6 +70,8 @@ class StorageSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Fleet store (in progress, docs/deploy.md): postgresql://user:pass@host:port/db; None: embedded DuckDB.
     url: str | None = None
     connect_timeout_s: float = 5.0
+    spool_max_mb: float = 256.0  # fleet: rows kept on disk (<home>/spool) while the store is away; then 503
+    spool_dir: str | None = None  # fleet: where the spool lives (relative to home); None: <home>/spool
 
 
 class UpstreamSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

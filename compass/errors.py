@@ -12,6 +12,8 @@
     │   └── RequestNotFound           (404, unknown chat completion id)
     ├── RateLimited                   (429 rate_limit_error, Retry-After header)
     ├── Overloaded                    (503 overloaded: a local model's backlog is full, or it is not loaded)
+    ├── StoreUnavailable              (503 store_unavailable: the fleet store cannot be reached now)
+    │   └── SpoolFull                 (503 spool_full: the outage spool is full; new requests wait)
     └── UpstreamError                 (502 upstream_error: the provider failed)
         └── UpstreamTimeout           (504 timeout: the provider did not answer in time)
 
@@ -106,6 +108,22 @@ class Overloaded(CompassError):
     status_code = 503
     error_type = "api_error"
     code = "overloaded"
+
+
+class StoreUnavailable(CompassError):
+    """The fleet store (PostgreSQL) is unreachable; what can wait is spooled, this cannot."""
+
+    status_code = 503
+    error_type = "api_error"
+    code = "store_unavailable"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        kwargs.setdefault("headers", {"Retry-After": "1"})
+        super().__init__(message, **kwargs)
+
+
+class SpoolFull(StoreUnavailable):
+    code = "spool_full"
 
 
 class UpstreamError(CompassError):

@@ -102,20 +102,25 @@ class Services:
             log.info("database %s: applied migrations %s", settings.database_path, ", ".join(applied))
         self.rows = self._open_rows()  # a bad storage.url raises ConfigError here: start-up stops
         journal = None
-        if settings.storage.durability == "journal" and settings.storage.url is None:
+        if settings.storage.url is not None:  # rows spool on disk while PostgreSQL is away
+            from compass.storage.spool import fleet_writer
+
+            self.history = fleet_writer(self.rows.runner, settings)
+        elif settings.storage.durability == "journal":
             from compass.storage.journal import Journal, recover
 
             recovered = self.db.run_sync(recover, settings.journal_path)  # before a new segment opens
             if recovered:
                 log.warning("history: %d rows from before a crash recovered from the journal", recovered)
             journal = Journal(settings.journal_path)
-        self.history = HistoryWriter(
-            self.rows.runner,
-            settings.storage.flush_interval_ms,
-            settings.storage.batch_size,
-            insert=self.rows.insert_requests,
-            journal=journal,
-        )
+        if self.history is None:
+            self.history = HistoryWriter(
+                self.rows.runner,
+                settings.storage.flush_interval_ms,
+                settings.storage.batch_size,
+                insert=self.rows.insert_requests,
+                journal=journal,
+            )
         self.history.start()
         await self.upstream.start(self.models)
         await self._start_embedder()

@@ -84,11 +84,19 @@ class Cluster:
             str(self.bin / "initdb"), "-D", str(self.data), "-U", "compass", "--auth=scram-sha-256",
             f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C.UTF-8",
         )  # fmt: skip
+        self.start_server()
+        self.psql("CREATE DATABASE compass")
+
+    def start_server(self) -> None:
+        """``pg_ctl start`` on the existing data directory (also after ``stop_server``)."""
         opts = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.root}"
         opts += " -c fsync=off"  # a throwaway cluster: durability is not what these tests measure
         pg_ctl = str(self.bin / "pg_ctl")
         self._run(pg_ctl, "-D", str(self.data), "-l", str(self.log), "-o", opts, "-w", "start")
-        self.psql("CREATE DATABASE compass")
+
+    def stop_server(self, mode: str = "fast") -> None:
+        """``pg_ctl stop``: ``fast`` ends every session (a restart's first half); the data stays."""
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         psql = ["env", f"PGPASSWORD={PASSWORD}", str(self.bin / "psql"), "-h", "127.0.0.1"]

@@ -137,10 +137,24 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     def provide_services() -> Services:
         return services
 
+    def admit(request: Request) -> Response | None:
+        """A request that would be served (and leave a row) is refused with a 503 when its row
+        could not be kept: the fleet store's outage spool is full (compass/storage/spool.py)."""
+        path = request.scope.get("path", "")
+        if request.method != "POST" or not path.startswith("/v1/") or path.endswith("/count_tokens"):
+            return None
+        try:
+            if services.history is not None:
+                services.history.admit()
+        except CompassError as exc:
+            return _error_response(request, exc.status_code, exc.body(), exc.headers)
+        return None
+
     return Litestar(
         route_handlers=[*ROUTE_HANDLERS, *MESSAGES_HANDLERS],
         dependencies={"services": Provide(provide_services, use_cache=True, sync_to_thread=False)},
         lifespan=[lifespan],
+        before_request=admit,
         exception_handlers={
             CompassError: compass_error_handler,
             ValidationException: validation_error_handler,

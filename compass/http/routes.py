@@ -61,8 +61,9 @@ async def chat_completions(
 async def health(services: Services) -> dict[str, Any]:
     classifier = services.classifier
     history = services.history
+    spool = history.health() if history is not None and hasattr(history, "health") else None
     return {
-        "status": "ok",
+        "status": "degraded" if spool and spool["state"] != "ok" else "ok",
         "version": __version__,
         "demo": services.demo,
         "uptime_s": round(time.time() - services.started_at, 3),
@@ -82,6 +83,7 @@ async def health(services: Services) -> dict[str, Any]:
         "storage": {
             "backend": services.rows.backend if services.rows else None,
             "where": services.rows.display if services.rows else None,
+            **({"spool": spool} if spool else {}),
         },
         "history": {
             "pending": history.pending if history else 0,

@@ -31,7 +31,10 @@ def record_failure(services: Services, request_id: str, context: str, model: str
     )
     if services.selector is not None:
         services.selector.observe(event)
-    if services.rows is not None:
+    spool = getattr(services.history, "record_reward", None)  # fleet: on disk, outlives an outage
+    if spool is not None:
+        spool(event, tenant, None)
+    elif services.rows is not None:
         services.spawn(services.rows.run(services.rows.insert_reward, event, tenant, None))
 
 

@@ -188,6 +188,9 @@ class HistoryWriter:
     def pending(self) -> int:
         return self._queue.qsize() + self._in_flight
 
+    def admit(self) -> None:
+        """Raise (503) when a new request's row could not be kept; the fleet's spool can fill."""
+
     async def _run(self) -> None:
         stopping = False
         while not stopping:

@@ -15,6 +15,10 @@ fsync'd commit.
 A segment is removed once every row appended to it is in DuckDB; recovery skips rows whose id
 is already there, so a crash between the insert and the removal duplicates nothing, and a last
 line torn by a crash mid-``write()`` (a request never acknowledged) is dropped.
+
+The fleet store's outage spool (``compass.storage.spool``) uses the same segments: ``rotate``
+closes the open segment so everything before it can be replayed from disk, ``retire`` removes a
+replayed one, and ``bytes`` is what is on disk, for the spool's bound.
 """
 
 from __future__ import annotations
@@ -43,8 +47,12 @@ def _enc_hook(value: Any) -> Any:
 _ENCODER = msgspec.json.Encoder(enc_hook=_enc_hook)
 
 
+def segment_number(path: Path) -> int:
+    return int(path.name[len(PREFIX) : -len(SUFFIX)])
+
+
 def segments(directory: Path) -> list[Path]:
-    return sorted(directory.glob(f"{PREFIX}*{SUFFIX}"), key=lambda p: int(p.name[len(PREFIX) : -len(SUFFIX)]))
+    return sorted(directory.glob(f"{PREFIX}*{SUFFIX}"), key=segment_number)
 
 
 class Journal:
@@ -55,21 +63,23 @@ class Journal:
         self.segment_bytes = segment_bytes
         directory.mkdir(parents=True, exist_ok=True)
         existing = segments(directory)
-        self._seq = int(existing[-1].name[len(PREFIX) : -len(SUFFIX)]) + 1 if existing else 1
+        self._seq = segment_number(existing[-1]) + 1 if existing else 1
         self._appended: dict[int, int] = {}
         self._committed: dict[int, int] = {}
+        self._bytes: dict[int, int] = {}
         self._fd = -1
         self._size = 0
         self._open()
 
-    def _path(self, seq: int) -> Path:
+    def path(self, seq: int) -> Path:
         return self.directory / f"{PREFIX}{seq:012d}{SUFFIX}"
 
     def _open(self) -> None:
-        self._fd = os.open(self._path(self._seq), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._fd = os.open(self.path(self._seq), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._size = 0
         self._appended[self._seq] = 0
         self._committed[self._seq] = 0
+        self._bytes[self._seq] = 0
 
     def append(self, row: dict[str, Any]) -> int:
         """Write ``row`` (keys starting with ``_`` are left out); returns its segment number."""
@@ -81,11 +91,32 @@ class Journal:
         seq = self._seq
         self._appended[seq] += 1
         self._size += len(data)
+        self._bytes[seq] += len(data)
         if self._size >= self.segment_bytes:
-            os.close(self._fd)
-            self._seq += 1
-            self._open()
+            self.rotate()
         return seq
+
+    def rotate(self) -> int:
+        """Close the open segment and open the next; returns the closed segment's number."""
+        os.close(self._fd)
+        self._seq += 1
+        self._open()
+        return self._seq - 1
+
+    def retire(self, seq: int) -> None:
+        """Segment ``seq`` (closed) is in the store by other means (replayed): remove it."""
+        if seq == self._seq:
+            raise ValueError("the open segment cannot be retired; rotate first")
+        self.path(seq).unlink(missing_ok=True)
+        for counts in (self._appended, self._committed, self._bytes):
+            counts.pop(seq, None)
+
+    def closed_segments(self, through: int) -> list[int]:
+        return sorted(s for s in self._appended if s <= through and s != self._seq)
+
+    @property
+    def bytes(self) -> int:
+        return sum(self._bytes.values())
 
     def committed(self, seqs: list[int]) -> None:
         """These rows are in DuckDB; a full, finished segment is removed."""
@@ -93,8 +124,8 @@ class Journal:
             self._committed[seq] = self._committed.get(seq, 0) + 1
         for seq in [s for s in self._appended if s != self._seq]:
             if self._committed.get(seq, 0) >= self._appended[seq]:
-                self._path(seq).unlink(missing_ok=True)
-                del self._appended[seq], self._committed[seq]
+                self.path(seq).unlink(missing_ok=True)
+                del self._appended[seq], self._committed[seq], self._bytes[seq]
 
     @property
     def pending(self) -> int:
@@ -107,7 +138,7 @@ class Journal:
             self._fd = -1
         if self.pending == 0:
             for seq in list(self._appended):
-                self._path(seq).unlink(missing_ok=True)
+                self.path(seq).unlink(missing_ok=True)
         else:
             log.warning(
                 "journal: %d rows not in DuckDB stay in %s for the next start", self.pending, self.directory

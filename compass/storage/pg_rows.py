@@ -17,12 +17,25 @@ from layers.bandit.base import RewardEvent
 _JSON = msgspec.json.Encoder()
 
 
+_BATCH_TABLE = "_compass_requests_batch"
+
+
 def insert_requests_pg(con: Any, rows: list[dict[str, Any]]) -> None:
-    """COPY the batch into ``requests`` in one transaction."""
+    """COPY the batch in, then into ``requests`` skipping ids already there; one transaction.
+
+    Idempotent by id (``ON CONFLICT (id) DO NOTHING``): a batch whose commit the connection lost
+    before the answer, or a spool replayed after a crash (compass/storage/spool.py), is written
+    again without a duplicate. COPY cannot skip conflicts, so it fills a temporary table first.
+    """
     names = list(REQUEST_COLUMNS)
+    columns = ", ".join(names)
     json_cols = {n for n, kind in REQUEST_COLUMNS.items() if kind == "json"}
     with con.transaction(), con.cursor() as cur:
-        with cur.copy(f"COPY requests ({', '.join(names)}) FROM STDIN") as copy:
+        cur.execute(  # per connection; a reconnect starts without it
+            f"CREATE TEMP TABLE IF NOT EXISTS {_BATCH_TABLE}"
+            " (LIKE requests INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        with cur.copy(f"COPY {_BATCH_TABLE} ({columns}) FROM STDIN") as copy:
             for row in rows:
                 values = []
                 for name in names:
@@ -31,6 +44,10 @@ def insert_requests_pg(con: Any, rows: list[dict[str, Any]]) -> None:
                         value = _JSON.encode(value).decode()
                     values.append(value)
                 copy.write_row(values)
+        cur.execute(
+            f"INSERT INTO requests ({columns}) SELECT {columns} FROM {_BATCH_TABLE}"
+            " ON CONFLICT (id) DO NOTHING"
+        )
 
 
 def insert_reward_pg(con: Any, event: RewardEvent, tenant: str | None, comment: str | None) -> str:

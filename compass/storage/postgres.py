@@ -6,6 +6,12 @@ the embedded default never loads it.
 
 Bad configuration must stop start-up with a message naming the problem and must never hang, so
 ``connect`` passes ``connect_timeout`` and turns libpq's errors into ``ConfigError``.
+
+After start-up the server may restart or go away. A call that finds the connection broken drops
+it and raises ``StoreUnavailable``; the next call reconnects (at most one attempt per
+``RECONNECT_EVERY_S``, so an outage costs callers a fast refusal, not a wait). Migrations are not
+re-run on reconnect. What can wait (request rows, failure rewards) goes to the on-disk spool
+(``compass.storage.spool``); what cannot (feedback's read-modify-write) answers 503.
 """
 
 from __future__ import annotations
@@ -15,15 +21,18 @@ import concurrent.futures
 import functools
 import re
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from compass.errors import ConfigError
+from compass.errors import ConfigError, StoreUnavailable
 from compass.storage.pg_migrations import migrate
 
 T = TypeVar("T")
 
 BACKEND = "postgresql"
+RECONNECT_EVERY_S = 0.25
+IDLE_CHECK_S = 5.0  # a connection idle this long is pinged before use: a restart meanwhile is no error
 
 
 def redact(url: str) -> str:
@@ -59,7 +68,17 @@ def connect(url: str, timeout_s: float = 5.0) -> Any:
     import psycopg
 
     try:
-        return psycopg.connect(url, autocommit=True, connect_timeout=max(1, round(timeout_s)))
+        return psycopg.connect(
+            url,
+            autocommit=True,
+            connect_timeout=max(1, round(timeout_s)),
+            # a server host that vanishes (no RST) is noticed in ~10 s, not after TCP's minutes
+            keepalives=1,
+            keepalives_idle=5,
+            keepalives_interval=2,
+            keepalives_count=3,
+            tcp_user_timeout=10_000,
+        )
     except (psycopg.Error, ValueError) as exc:
         raise ConfigError(describe_connect_error(url, exc)) from exc
 
@@ -75,6 +94,10 @@ class PostgresStore:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._con: Any = None
         self._thread_id: int | None = None
+        self._next_attempt = 0.0
+        self._last_used = time.monotonic()
+        self.reconnects = 0
+        self.last_error: str | None = None  # why the store was last unavailable (no secrets)
 
     @property
     def display(self) -> str:
@@ -97,22 +120,69 @@ class PostgresStore:
 
     @property
     def connection(self) -> Any:
+        """The live connection (reconnecting if it was lost); only on the store's own thread."""
+        if self._con is not None and time.monotonic() - self._last_used > IDLE_CHECK_S:
+            import psycopg
+
+            try:
+                self._con.execute("SELECT 1")
+                self._last_used = time.monotonic()
+            except psycopg.Error as exc:  # the server restarted while this connection sat idle
+                self._drop(exc)
         if self._con is None:
-            raise RuntimeError("fleet store is not open")
+            now = time.monotonic()
+            if now < self._next_attempt:
+                raise StoreUnavailable(f"the fleet store is unavailable ({self.last_error})")
+            self._next_attempt = now + RECONNECT_EVERY_S
+            try:
+                self._con = connect(self.url, self.connect_timeout_s)
+            except ConfigError as exc:
+                self.last_error = str(exc)
+                raise StoreUnavailable(f"the fleet store is unavailable ({exc})") from exc
+            self.reconnects += 1
+            self.last_error = None
+            self._last_used = time.monotonic()
         return self._con
+
+    @property
+    def available(self) -> bool:
+        return self._con is not None
+
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        import psycopg
+
+        con = self.connection
+        try:
+            result = fn(con, *args)
+            self._last_used = time.monotonic()
+            return result
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            if not con.broken and not con.closed:
+                raise  # the statement failed (e.g. a lock timeout), not the connection
+            self._drop(exc)
+            raise StoreUnavailable(f"lost the connection to the fleet store ({self.last_error})") from exc
+
+    def _drop(self, exc: Exception) -> None:
+        self.last_error = " ".join(str(exc).split()) or type(exc).__name__
+        con, self._con = self._con, None
+        self._next_attempt = 0.0  # the server may already be back: the next call tries at once
+        try:
+            con.close()
+        except Exception:
+            pass
 
     def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
         if self._executor is None:
             raise RuntimeError("fleet store is not open")
         if threading.get_ident() == self._thread_id:
-            return fn(self.connection, *args)
-        return self._executor.submit(fn, self.connection, *args).result()
+            return self._call(fn, *args)
+        return self._executor.submit(self._call, fn, *args).result()
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._executor is None:
             raise RuntimeError("fleet store is not open")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, self.connection, *args))
+        return await loop.run_in_executor(self._executor, functools.partial(self._call, fn, *args))
 
     def close(self) -> None:
         if self._executor is None:

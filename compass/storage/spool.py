@@ -1,0 +1,407 @@
+"""The fleet store's outage spool: rows wait on local disk while PostgreSQL is away.
+
+``FleetWriter`` is the history writer of a replica on ``storage.url``. Request rows (and failure
+rewards) go to PostgreSQL in batches as in embedded mode. When the store stops answering
+(``StoreUnavailable``: a restart, a failover, a network cut) the writer keeps serving:
+
+* every row that waits is on disk, in the journal's segments under ``<home>/spool/``. Under
+  ``durability: journal`` (the default) each row was appended before its response was sent;
+  under ``batched`` rows are appended when the outage is noticed and while it lasts; under
+  ``strict`` a response needs the store's commit, so new requests are refused (503) and a row
+  whose commit failed is spooled while its client gets a 503;
+* the writer keeps nothing in memory for an outage: rows are dropped from the queue once on disk;
+* every ``retry_s`` it pings the store; once it answers, the open segment is closed (rotated)
+  and every closed segment is replayed from disk in order, then removed. Inserts are idempotent
+  by id (``ON CONFLICT DO NOTHING``), so a segment cut short by a second failure, or a replica
+  killed mid-replay, is replayed again without duplicating a row;
+* ``/health`` says ``degraded`` (``storage.spool``) until the replay has finished;
+* the spool is bounded (``storage.spool_max_mb``). Past the bound new requests are refused with a
+  503 (``SpoolFull``) rather than rows being dropped; requests already admitted still spool.
+
+A replica killed (``kill -9``) while the store is down keeps its spool: the next start replays
+it before serving (``recover_spool``), as the embedded journal's recovery does for DuckDB.
+
+Layout: ``<spool root>/<host>-<pid>-<time>/`` per process, holding an ``flock`` on its
+``owner.lock`` while it lives (the kernel drops it when the process dies, ``kill -9`` included).
+A starting process replays and removes every directory whose lock it can take, and skips those a
+live process holds, so several processes may share one spool root (``--workers``, or
+``storage.spool_dir`` pointing several homes at one disk) without replaying each other's rows
+twice or losing a dead one's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import fcntl
+import logging
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from compass.errors import SpoolFull, StoreUnavailable
+from compass.storage.history import _STOP, REQUEST_COLUMNS, HistoryWriter
+from compass.storage.journal import SEGMENT_BYTES, Journal, read_rows, segment_number, segments
+from compass.storage.pg_rows import insert_requests_pg
+from compass.storage.rewards import REWARD_COLUMNS, reward_insert
+
+log = logging.getLogger("compass.spool")
+
+REWARD_KIND = "reward"  # a spooled reward line: {"kind": "reward", "row": [REWARD_COLUMNS values]}
+TIMESTAMPS = tuple(name for name, kind in REQUEST_COLUMNS.items() if kind == "timestamp")
+_TICK: dict[str, Any] = {}  # wakes the writer while the store is down and no rows arrive
+
+
+LOCK = "owner.lock"
+
+
+def spool_path(settings: Any) -> Path:
+    """The spool root: ``storage.spool_dir`` (relative to home), else ``<home>/spool``."""
+    configured = getattr(settings.storage, "spool_dir", None)
+    if not configured:
+        return settings.home_path / "spool"
+    path = Path(configured).expanduser()
+    return path if path.is_absolute() else settings.home_path / path
+
+
+def claim(directory: Path) -> int | None:
+    """An exclusive ``flock`` on the directory's lock file (its descriptor); None if a live process has it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _split(items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[list[Any]]]:
+    requests, rewards = [], []
+    for item in items:
+        if item.get("kind") == REWARD_KIND:
+            row = list(item["row"])
+            if isinstance(row[1], str):  # created_at, as JSON wrote it
+                row[1] = dt.datetime.fromisoformat(row[1])
+            rewards.append(row)
+        else:
+            requests.append(item)
+    return requests, rewards
+
+
+def insert_reward_rows_pg(con: Any, rows: list[list[Any]]) -> None:
+    """Reward rows made by ``reward_insert`` (the spool keeps their ids), idempotent by id."""
+    if not rows:
+        return
+    marks = "(" + ", ".join("%s" for _ in REWARD_COLUMNS) + ")"
+    with con.transaction(), con.cursor() as cur:
+        cur.executemany(
+            f"INSERT INTO rewards ({', '.join(REWARD_COLUMNS)}) VALUES {marks} ON CONFLICT (id) DO NOTHING",
+            rows,
+        )
+
+
+def write_items(con: Any, requests: list[dict[str, Any]], rewards: list[list[Any]]) -> None:
+    if requests:
+        insert_requests_pg(con, requests)
+    if rewards:
+        insert_reward_rows_pg(con, rewards)
+
+
+def replay_segment(con: Any, path: Path, batch_size: int = 512) -> int:
+    """Write one segment's rows to PostgreSQL (idempotent); returns how many lines it held."""
+    if not path.exists():
+        return 0
+    items = read_rows(path, TIMESTAMPS)
+    for start in range(0, len(items), batch_size):
+        write_items(con, *_split(items[start : start + batch_size]))
+    return len(items)
+
+
+def recover_spool(store: Any, root: Path) -> int:
+    """At start-up: replay what dead processes left under ``root`` (a crash, or a stop while down)."""
+    if not root.is_dir():
+        return 0
+    total = 0
+    for directory in sorted(p for p in root.iterdir() if p.is_dir()):
+        fd = claim(directory)
+        if fd is None:
+            continue  # a live process's spool: it writes its own rows
+        try:
+            for path in segments(directory):
+                total += store.run_sync(replay_segment, path)
+                path.unlink(missing_ok=True)
+            shutil.rmtree(directory, ignore_errors=True)
+        finally:
+            os.close(fd)
+    if total:
+        log.warning("spool: wrote %d rows that an earlier run had spooled to %s", total, store.display)
+    return total
+
+
+def _ping(con: Any) -> None:
+    con.execute("SELECT 1").fetchone()
+
+
+class FleetWriter(HistoryWriter):
+    """The history writer on PostgreSQL, with the on-disk spool for outages."""
+
+    def __init__(
+        self,
+        store: Any,
+        spool: Journal,
+        durability: str = "journal",
+        max_bytes: int = 256 * 1024 * 1024,
+        flush_interval_ms: float = 50.0,
+        batch_size: int = 512,
+        retry_s: float = 0.5,
+    ) -> None:
+        super().__init__(store, flush_interval_ms, batch_size, insert=insert_requests_pg)
+        self.spool = spool
+        self.durability = durability
+        self.max_bytes = max_bytes
+        self.retry_s = retry_s
+        self.down_since: float | None = None
+        self.down_reason: str | None = None
+        self.outages = 0
+        self.spooled = 0  # rows that waited on disk for the store, over this run
+        self.replayed = 0  # lines replayed from disk after an outage
+        self._skip_through = 0  # rows of segments up to this one were replayed: skip them in the queue
+        self._next_try = 0.0
+        self._ticker: asyncio.Task[None] | None = None
+        self.lock_fd: int | None = None  # this process's claim on its spool directory
+
+    # --- what handlers call -------------------------------------------------------------
+    def admit(self) -> None:
+        """Before a request is served: refuse it (503) when its row could not be kept."""
+        if self.spool.bytes >= self.max_bytes:
+            raise SpoolFull(
+                f"The fleet store is unreachable and this replica's spool is full "
+                f"({self.spool.bytes} of {self.max_bytes} bytes, storage.spool_max_mb); retry shortly."
+            )
+        if self.down_since is not None and self.durability == "strict":
+            raise StoreUnavailable(
+                "The fleet store is unreachable and storage.durability is strict: requests wait for it."
+            )
+
+    def record(self, row: dict[str, Any], durable: bool = False) -> asyncio.Future[None] | None:
+        future: asyncio.Future[None] | None = None
+        if durable:
+            future = asyncio.get_running_loop().create_future()
+            row["_committed"] = future
+        if self.down_since is not None or (self.durability == "journal" and not durable):
+            self._append(row)
+        self._queue.put_nowait(row)
+        self._queued += 1
+        return future
+
+    def record_reward(self, event: Any, tenant: str | None, comment: str | None = None) -> str:
+        """A reward that can wait (a failure's zero): on disk at once, written with the next batch."""
+        reward_id, _, params = reward_insert(event, tenant, comment, mark="%s")
+        item: dict[str, Any] = {"kind": REWARD_KIND, "row": params}
+        self._append(item)
+        self._queue.put_nowait(item)
+        self._queued += 1
+        return reward_id
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "state": "spooling" if self.down_since is not None else "ok",
+            "down_s": None if self.down_since is None else round(time.monotonic() - self.down_since, 3),
+            "reason": self.down_reason,
+            "rows_waiting": self.spool.pending if self.down_since is not None else 0,
+            "bytes": self.spool.bytes,
+            "max_bytes": self.max_bytes,
+            "spooled": self.spooled,
+            "replayed": self.replayed,
+            "outages": self.outages,
+        }
+
+    @property
+    def degraded(self) -> bool:
+        return self.down_since is not None
+
+    # --- the writer task ----------------------------------------------------------------
+    def start(self) -> None:
+        super().start()
+        if self._ticker is None:
+            self._ticker = asyncio.create_task(self._tick(), name="compass-spool-ticker")
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.retry_s)
+            if self.down_since is not None and self._queue.empty():
+                self._queue.put_nowait(_TICK)
+
+    def _append(self, item: dict[str, Any]) -> None:
+        if "_journal" not in item:
+            item["_journal"] = self.spool.append(item)
+
+    async def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            if self.down_since is not None and time.monotonic() >= self._next_try:
+                await self._try_replay()
+            first = await self._queue.get()
+            if first is _TICK:
+                continue
+            if first is _STOP:
+                break
+            self._in_flight = 1
+            if self.down_since is None and "_committed" not in first:
+                await asyncio.sleep(self.flush_interval_s)
+            batch = [first]
+            while len(batch) < self.batch_size and not self._queue.empty():
+                row = self._queue.get_nowait()
+                if row is _TICK:
+                    continue
+                if row is _STOP:
+                    stopping = True
+                    break
+                batch.append(row)
+            self._in_flight = len(batch)
+            await self._write(batch)
+            self._in_flight = 0
+
+    async def _write(self, batch: list[dict[str, Any]]) -> None:
+        fresh = []
+        batch = [row for row in batch if row is not _TICK]
+        for row in batch:
+            if row.get("_journal", 0) and row["_journal"] <= self._skip_through:
+                row.pop("_journal")
+                self._done([row])  # its segment was replayed from disk while it queued
+            else:
+                fresh.append(row)
+        try:
+            if self.down_since is not None:
+                self._spool(fresh, "the fleet store is unavailable")
+            else:
+                await self._insert_or_spool(fresh)
+        finally:
+            self._processed += len(batch)
+
+    def _spool(self, rows: list[dict[str, Any]], why: str) -> None:
+        """The store is down: make sure each row is on disk, then let it go from memory."""
+        self.spooled += len(rows)
+        for row in rows:
+            self._append(row)
+            row.pop("_journal", None)
+            future = row.pop("_committed", None)
+            if future is not None and not future.done():
+                future.set_exception(StoreUnavailable(f"{why}; the row is spooled, not committed"))
+
+    async def _insert_or_spool(self, rows: list[dict[str, Any]]) -> None:
+        requests, rewards = _split(rows)
+        try:
+            await self.db.run(write_items, requests, rewards)
+        except StoreUnavailable as exc:
+            self._went_down(exc)
+            self._spool(rows, "the fleet store went away")
+            return
+        except Exception:
+            self.failed_batches += 1
+            log.exception("fleet history batch of %d rows failed; retrying row by row", len(rows))
+            for row in rows:
+                try:
+                    one = _split([row])
+                    await self.db.run(write_items, *one)
+                    self.written += len(one[0])
+                except StoreUnavailable as exc:
+                    self._went_down(exc)
+                    self._spool([row], "the fleet store went away")
+                    continue
+                except Exception:
+                    log.exception("history row %s could not be stored", row.get("id"))
+                self._done([row])
+            return
+        self.written += len(requests)
+        self._done(rows)
+
+    def _done(self, rows: list[dict[str, Any]]) -> None:
+        seqs = [row.pop("_journal") for row in rows if "_journal" in row]
+        if seqs:
+            self.spool.committed(seqs)
+        for row in rows:
+            future = row.pop("_committed", None)
+            if future is not None and not future.done():
+                future.set_result(None)
+
+    def _went_down(self, exc: Exception) -> None:
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            self.outages += 1
+            log.warning("fleet store unavailable; spooling rows to %s (%s)", self.spool.directory, exc)
+        self.down_reason = str(exc)
+        self._next_try = time.monotonic() + self.retry_s
+
+    async def _try_replay(self) -> None:
+        """Ping the store; if it answers, write every closed segment from disk, oldest first."""
+        self._next_try = time.monotonic() + self.retry_s
+        try:
+            await self.db.run(_ping)
+        except StoreUnavailable as exc:
+            self.down_reason = str(exc)
+            return
+        through = self.spool.rotate()
+        started = time.monotonic()
+        lines = 0
+        for seq in self.spool.closed_segments(through):
+            try:
+                lines += await self.db.run(replay_segment, self.spool.path(seq), self.batch_size)
+            except StoreUnavailable as exc:
+                self.down_reason = str(exc)
+                self.replayed += lines
+                return  # this segment is replayed again next time, idempotently
+            self.spool.retire(seq)
+        self.replayed += lines
+        self._skip_through = through
+        outage = time.monotonic() - (self.down_since or started)
+        self.down_since = self.down_reason = None
+        log.warning(
+            "fleet store back after %.1f s: wrote %d spooled rows in %.2f s",
+            outage,
+            lines,
+            time.monotonic() - started,
+        )
+
+    async def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+        await super().close()
+        self.spool.close()
+        if not segments(self.spool.directory):  # everything written: nothing for the next start
+            shutil.rmtree(self.spool.directory, ignore_errors=True)
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+
+
+def fleet_writer(store: Any, settings: Any) -> FleetWriter:
+    """Replay what an earlier run spooled (the store answered at start-up), then a new writer."""
+    cfg = settings.storage
+    root = spool_path(settings)
+    recovered = recover_spool(store, root)
+    if recovered:
+        log.warning("history: %d spooled rows from before a restart written to the fleet store", recovered)
+    max_bytes = max(64 * 1024, int(cfg.spool_max_mb * 1024 * 1024))
+    directory = root / f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
+    lock_fd = claim(directory)
+    assert lock_fd is not None  # a fresh directory
+    spool = Journal(directory, segment_bytes=min(SEGMENT_BYTES, max(4096, max_bytes // 8)))
+    writer = FleetWriter(
+        store,
+        spool,
+        durability=cfg.durability,
+        max_bytes=max_bytes,
+        flush_interval_ms=cfg.flush_interval_ms,
+        batch_size=cfg.batch_size,
+    )
+    writer.lock_fd = lock_fd
+    return writer
+
+
+__all__ = ["FleetWriter", "fleet_writer", "recover_spool", "segment_number", "spool_path"]
