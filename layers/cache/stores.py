@@ -68,9 +68,9 @@ class CacheStore(abc.ABC):
     @abc.abstractmethod
     async def add_counters(self, increments: Increments) -> None: ...
 
+    @abc.abstractmethod
     async def fetch_entries(self, entry_ids: list[str], dim: int) -> list[tuple[tuple, Any]]:
         """``(metadata row, vector)`` of the entries that still exist (following another replica)."""
-        return []
 
 
 class DuckDBCacheStore(CacheStore):
@@ -106,6 +106,9 @@ class DuckDBCacheStore(CacheStore):
 
     async def add_counters(self, increments: Increments) -> None:
         await self.runner.run(store.add_counters, increments)
+
+    async def fetch_entries(self, entry_ids: list[str], dim: int) -> list[tuple[tuple, Any]]:
+        return await self.runner.run(store.fetch_entries, entry_ids, dim)
 
 
 CACHE_STORE_CLS: dict[str, str] = {
