@@ -110,7 +110,8 @@ async def test_a_hit_returns_the_answer_and_counts_once(backend: tuple[CacheStor
     found = await store.hit_entry("ce-a", 500.0, {("t1", "lookups"): 2}, {("t1", "hits_exact"): 1})
     assert found is not None and msgspec.json.decode(found[0]) == msgspec.json.decode(BODY)
     assert found[1] is None  # no cost known, no history row
-    assert await store.hit_entry("ce-missing", 501.0, {("t1", "lookups"): 1}, {("t1", "hits_exact"): 1}) is None
+    gone = await store.hit_entry("ce-missing", 501.0, {("t1", "lookups"): 1}, {("t1", "hits_exact"): 1})
+    assert gone is None
     counters = await store.load_counters()
     assert counters[("t1", "lookups")] == 3.0 and counters[("t1", "hits_exact")] == 1.0
     (entry,) = await store.load_entries()

@@ -96,7 +96,7 @@ class SemanticCache(CacheWrites, ResponseCache):
         if self.max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self.db = db
-        self.store: CacheStore | None = store or (DuckDBCacheStore(db) if db is not None else None)
+        self.storage: CacheStore | None = store or (DuckDBCacheStore(db) if db is not None else None)
         self.embedder = embedder
         self.dim = int(opts["dim"] or getattr(embedder, "dim", 0) or 384)
         self.clock: Callable[[], float] = time.time  # tests move time forward
@@ -124,12 +124,12 @@ class SemanticCache(CacheWrites, ResponseCache):
         """Load the entries and counters, then the index file if consistent (else rebuild it)."""
         import numpy as np
 
-        if self.store is None:
+        if self.storage is None:
             raise ValueError("the semantic cache needs the gateway's database (db=... or store=...)")
         if self.options["single_threaded_search"]:
             single_threaded_here()  # lookups run on this (the event loop's) thread
-        rows = await self.store.load_entries()
-        counters = await self.store.load_counters()
+        rows = await self.storage.load_entries()
+        counters = await self.storage.load_counters()
         self.entries = Entries()
         for row in rows:
             self.entries.add(Entry.from_row(row, self._semantic_ok(row[5])))
@@ -137,7 +137,7 @@ class SemanticCache(CacheWrites, ResponseCache):
         high = max((int(row[0]) for row in rows), default=0) + 1
         self._next_vector_id = max(high, int(counters.get((store.META_TENANT, "next_vector_id"), 1)))
         stored = np.fromiter(self.entries.by_vector, dtype=np.int64, count=len(self.entries))
-        await self.live.load_or_rebuild(self.store, stored)
+        await self.live.load_or_rebuild(self.storage, stored)
         now = self.clock()
         victims = self.entries.expired(now - self.ttl_s) if self.ttl_s else []
         if victims:
@@ -159,8 +159,8 @@ class SemanticCache(CacheWrites, ResponseCache):
             self._saver = None
         await self.wait_idle()
         pending = self.counters.take_pending()
-        if pending and self.store is not None:
-            await self.store.add_counters(pending)
+        if pending and self.storage is not None:
+            await self.storage.add_counters(pending)
         await self.live.save()
 
     async def wait_idle(self) -> None:
@@ -292,8 +292,8 @@ class SemanticCache(CacheWrites, ResponseCache):
     async def _serve(self, entry: Entry, kind: str, similarity: float, now: float) -> CacheHit | None:
         """Read the stored answer and count the hit (None if the entry was evicted meanwhile)."""
         hit = Counter({(entry.tenant, f"hits_{kind}"): 1, (entry.tenant, "tokens_saved"): entry.tokens})
-        assert self.store is not None
-        found = await self.store.hit_entry(entry.id, now, self.counters.take_pending(), hit)
+        assert self.storage is not None
+        found = await self.storage.hit_entry(entry.id, now, self.counters.take_pending(), hit)
         if found is None:
             return None
         response, cost = found

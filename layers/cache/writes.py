@@ -40,7 +40,7 @@ class _InFlight:
 class CacheWrites:
     """Store and evict; mixed into ``SemanticCache``, whose ``__init__`` sets these attributes."""
 
-    store: Any  # layers.cache.stores.CacheStore
+    storage: Any  # layers.cache.stores.CacheStore
     dim: int
     ttl_s: float | None
     max_entries: int
@@ -140,7 +140,7 @@ class CacheWrites:
         body = msgspec.json.encode(response).decode()
         async with self._lock:
             now = self.clock()
-            vector_id = await self.store.next_vector_id(self._next_vector_id)
+            vector_id = await self.storage.next_vector_id(self._next_vector_id)
             entry = Entry(
                 vector_id=vector_id,
                 id=f"ce-{uuid.uuid4().hex[:24]}",
@@ -165,7 +165,7 @@ class CacheWrites:
                 new[(victim.tenant, f"evicted_{reason}")] += 1
             gone = [v.id for v, _ in victims]
             increments = self.counters.take_pending() + new
-            await self.store.write_entry(entry.row(), vector, body, gone, increments)
+            await self.storage.write_entry(entry.row(), vector, body, gone, increments)
             self.counters.written(new)
             self._remove_locked([v for v, _ in victims])
             self.entries.add(entry)
@@ -195,12 +195,12 @@ class CacheWrites:
         if pending is not None:  # its answer may still be on its way into the cache
             await asyncio.wait([pending.done], timeout=5.0)
         ids = set(self.entries.by_request.get(request_id, ()))
-        served = await self.store.served_entry(request_id)
+        served = await self.storage.served_entry(request_id)
         if served:
             ids.add(served)
         unknown = [i for i in ids if i not in self.entries]
-        if unknown and self.store.shared:  # another replica's entry this one has not followed yet
-            await self.store.delete_entries(unknown, {})
+        if unknown and self.storage.shared:  # another replica's entry this one has not followed yet
+            await self.storage.delete_entries(unknown, {})
         return await self._evict([self.entries.by_id[i] for i in ids if i in self.entries], "feedback")
 
     async def evict_entry(self, entry_id: str) -> int:
@@ -221,7 +221,7 @@ class CacheWrites:
             for victim in victims:
                 new[(victim.tenant, f"evicted_{reason}")] += 1
             increments = self.counters.take_pending() + new
-            await self.store.delete_entries([v.id for v in victims], increments)
+            await self.storage.delete_entries([v.id for v in victims], increments)
             self.counters.written(new)
             self._remove_locked(victims)
             self.live.maybe_compact(self._spawn)
@@ -240,7 +240,7 @@ class CacheWrites:
         """
         async with self._lock:
             wanted = [i for i, _ in items if i not in self.entries]
-            fetched = await self.store.fetch_entries(wanted, self.dim) if wanted else []
+            fetched = await self.storage.fetch_entries(wanted, self.dim) if wanted else []
             found = {row[1]: (row, vector) for row, vector in fetched}
             added, losers = 0, []
             for entry_id, victims in items:
@@ -261,7 +261,7 @@ class CacheWrites:
                 self._next_vector_id = max(self._next_vector_id, entry.vector_id + 1)
                 added += 1
             if losers:  # every replica picks the same winner; deleting twice is harmless
-                await self.store.delete_entries(losers, {})
+                await self.storage.delete_entries(losers, {})
             self.live.maybe_compact(self._spawn)
         return added
 
