@@ -27,8 +27,16 @@ PRUNE_EVERY_S = 60.0
 
 
 class Follower:
-    def __init__(self, url: str, origin: str, connect_timeout_s: float = 5.0, poll_s: float = POLL_S) -> None:
+    def __init__(
+        self,
+        url: str,
+        origin: str,
+        connect_timeout_s: float = 5.0,
+        poll_s: float = POLL_S,
+        listen: bool = True,  # False: poll only (ops/bench/fleet_propagation.py compares the two)
+    ) -> None:
         self.url = url
+        self.listen = listen
         self.origin = origin
         self.connect_timeout_s = connect_timeout_s
         self.poll_s = poll_s
@@ -45,12 +53,9 @@ class Follower:
         self.handlers.setdefault(kind, []).append(handler)
 
     def start(self, position: Position) -> None:
-        from compass.storage.postgres import connect
-
         self.position = position
         self._loop = asyncio.get_running_loop()
-        self._con = connect(self.url, self.connect_timeout_s)  # a bad URL failed earlier already
-        self._con.execute(f"LISTEN {CHANNEL}")
+        self._reconnect()  # a bad URL failed earlier already, at the store's connect
         self._thread = threading.Thread(target=self._run, name="fleet-follower", daemon=True)
         self._thread.start()
 
@@ -81,8 +86,11 @@ class Follower:
                 if time.monotonic() - last_prune > PRUNE_EVERY_S:
                     last_prune = time.monotonic()
                     prune(self._con)
-                for _ in self._con.notifies(timeout=self.poll_s, stop_after=1):
-                    pass
+                if self.listen:
+                    for _ in self._con.notifies(timeout=self.poll_s, stop_after=1):
+                        pass
+                else:
+                    self._stop.wait(self.poll_s)
             except Exception as exc:
                 if self._stop.is_set():
                     return
@@ -94,7 +102,8 @@ class Follower:
         from compass.storage.postgres import connect
 
         self._con = connect(self.url, self.connect_timeout_s)
-        self._con.execute(f"LISTEN {CHANNEL}")
+        if self.listen:
+            self._con.execute(f"LISTEN {CHANNEL}")
 
     def _drop(self) -> None:
         con, self._con = self._con, None
