@@ -117,3 +117,15 @@ def test_compass_keys_with_a_database_url_writes_postgres(pg_url: str, tmp_path:
         assert active_key_hashes(con) == {}
         assert con.execute("SELECT count(*) FROM fleet_events WHERE origin = 'cli'").fetchone()[0] == 2
     assert not (tmp_path / "compass.duckdb").exists()  # the local file is not where keys live
+
+
+def test_serve_sees_keys_on_the_fleet_store_before_binding(pg_url: str, tmp_path: Path) -> None:
+    """``compass serve`` decides whether it may bind beyond loopback from the keys: PostgreSQL's here."""
+    from compass.config import load_settings
+    from compass.storage.keys import any_keys_configured
+
+    settings = load_settings(None, environ={"COMPASS_HOME": str(tmp_path), "COMPASS_DATABASE_URL": pg_url})
+    con = migrated(pg_url)
+    assert not any_keys_configured(settings)
+    create_key(con, "acme")
+    assert any_keys_configured(settings)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -27,7 +27,6 @@ class FleetLink:
     connect_timeout_s: float
     start: Any = None  # fleet_log.Position once the rewards were loaded
     follower: Any = None  # the running Follower
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
