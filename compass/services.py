@@ -288,7 +288,7 @@ class Services:
         if self.rows is not None and self.rows.fleet is not None:
             from compass.pipeline.fleet import stop_following
 
-            stop_following(self)
+            await stop_following(self)
         if "retention" in self.extras:
             await self.extras.pop("retention").stop()
         if self.background:

@@ -14,6 +14,7 @@ Circuit breakers and rate-limit buckets are not followed here (breakers are per 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -45,6 +46,8 @@ def start_following(services: Any) -> Follower | None:
     if rows is None or rows.fleet is None:
         return None
     link = rows.fleet
+    if link.start is None:
+        raise RuntimeError("fleet: the rewards were not loaded, so there is no position to follow from")
     follower = Follower(link.url, rows.origin, link.connect_timeout_s)
 
     async def on_rewards(batch: list[FleetEvent]) -> None:
@@ -78,11 +81,12 @@ def start_following(services: Any) -> Follower | None:
     return follower
 
 
-def stop_following(services: Any) -> None:
+async def stop_following(services: Any) -> None:
+    """Stop the follower off the loop: its thread may be waiting for the loop to apply a batch."""
     rows = services.rows
     if rows is not None and rows.fleet is not None and rows.fleet.follower is not None:
-        rows.fleet.follower.stop()
-        rows.fleet.follower = None
+        follower, rows.fleet.follower = rows.fleet.follower, None
+        await asyncio.to_thread(follower.stop)
 
 
 def on_keys_changed(services: Any, reload: Any) -> None:
