@@ -145,6 +145,10 @@ def test_feedback_on_one_replica_moves_the_others_posteriors(fleet: Fleet) -> No
             assert other.post("/feedback", json={"id": request_id, "thumbs": thumbs}).status_code == 200
             watcher = a if other is b else b
             within(lambda w=watcher, p=before: posteriors(w) != p)
+        # feedback at once for a request the other replica has only just answered (its row may
+        # not be flushed yet): accepted, not a 404
+        fresh = ask(a, "fleet reward question, answered just now").json()["id"]
+        assert b.post("/feedback", json={"id": fresh, "thumbs": "up"}).status_code == 200
         # a repeat supersedes the earlier feedback on every replica, not only where it was sent
         assert b.post("/feedback", json={"id": served[1], "score": 0.25}).status_code == 200
         within(lambda: posteriors(a) == posteriors(b))

@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from compass.storage.fleet_log import CHANNEL, FleetEvent, Position, prune, read_new
+from compass.storage.fleet_log import CHANNEL, RETAIN_S, FleetEvent, Position, prune, read_new
 
 log = logging.getLogger("compass.fleet")
 
@@ -78,11 +78,20 @@ class Follower:
 
     def _run(self) -> None:
         last_prune = 0.0
+        last_read = time.monotonic()
         while not self._stop.is_set():
             try:
                 if self._con is None:
                     self._reconnect()
                 self._drain()
+                if time.monotonic() - last_read > RETAIN_S / 2:
+                    log.error(
+                        "fleet follower: cut off from PostgreSQL for %.0f s, near the %.0f s that events"
+                        " are kept; restart this replica to rebuild its views from the tables",
+                        time.monotonic() - last_read,
+                        RETAIN_S,
+                    )
+                last_read = time.monotonic()
                 if time.monotonic() - last_prune > PRUNE_EVERY_S:
                     last_prune = time.monotonic()
                     prune(self._con)
