@@ -12,7 +12,9 @@ Lookup (``CacheKey`` from ``layers.cache.keys``):
 Either tier serves an entry only if it is younger than ``ttl_s`` and was produced by a model at
 least as capable as the one the router chose (``min_capability``).
 
-Persistence: every entry (embedding included) is a row of ``cache_entries``; the FAISS index is
+Persistence: every entry (embedding included) is a row of ``cache_entries``, through a
+``CacheStore`` (``layers.cache.stores``: the DuckDB file, or PostgreSQL in fleet mode, where the
+cache also follows other replicas' stores and evictions, ``follow_put`` / ``follow_del``); the FAISS index is
 saved to ``index_path`` every ``save_interval_s`` and on close. At start the file is used if every
 stored entry is in it and a sample of its vectors equals the stored ones; otherwise the index is
 rebuilt from the table, so a crash or a deleted/stale file never loses an entry.
