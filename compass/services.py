@@ -105,7 +105,7 @@ class Services:
         if settings.storage.url is not None:  # rows spool on disk while PostgreSQL is away
             from compass.storage.spool import fleet_writer
 
-            self.history = fleet_writer(self.rows.runner, settings)
+            self.history = fleet_writer(self.rows.runner, settings, self.rows.origin)
         elif settings.storage.durability == "journal":
             from compass.storage.journal import Journal, recover
 
@@ -130,6 +130,10 @@ class Services:
         from compass.storage.retention import RetentionTask
 
         self.extras["retention"] = RetentionTask(self).start()  # storage.retention_days
+        if self.rows.fleet is not None:  # fleet mode: follow the other replicas' changes
+            from compass.pipeline.fleet import start_following
+
+            start_following(self)
         write_server_file(self)
 
     def _start_tracing(self) -> None:
@@ -272,7 +276,10 @@ class Services:
             return
         options = {"index_path": str(self.settings.home_path / "cache" / "index.faiss"), **cfg.options}
         try:
-            cache = build_cache(cfg.backend, options, db=self.db, embedder=self.embedder)
+            from compass.pipeline.fleet import cache_store_for
+
+            store = cache_store_for(self)  # None: the DuckDB file
+            cache = build_cache(cfg.backend, options, db=self.db, embedder=self.embedder, store=store)
             await cache.start()
         except Exception as exc:
             self.problems["cache"] = f"{type(exc).__name__}: {exc}"
@@ -283,6 +290,10 @@ class Services:
 
     async def stop(self) -> None:
         remove_server_file(self)
+        if self.rows is not None and self.rows.fleet is not None:
+            from compass.pipeline.fleet import stop_following
+
+            await stop_following(self)
         if "retention" in self.extras:
             await self.extras.pop("retention").stop()
         if self.background:

@@ -3,6 +3,10 @@
 DuckDB lets one process hold the file for writing, so with a server running the change goes
 through its admin API (``COMPASS_ADMIN_KEY`` authenticates; none is needed in local mode), and
 the server picks the new key up at once. With no server, the file is changed directly.
+
+With ``storage.url`` / ``COMPASS_DATABASE_URL`` (fleet mode) the keys live in PostgreSQL, which
+any number of processes may write: the change is made there directly, and every replica follows
+it (its ``keys`` event) within a second.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ def _server(config: str | None) -> tuple[Any, str | None]:
     from compass.cli.common import find_server, load_or_exit
 
     settings = load_or_exit(config)
+    if settings.storage.url is not None:
+        return settings, None  # the fleet store: change it directly, replicas follow
     return settings, find_server(settings)
 
 
@@ -43,12 +49,29 @@ def _api(url: str, method: str, path: str, body: dict[str, Any] | None = None) -
 def _with_file(settings: Any, fn: Any, *args: Any) -> Any:
     from compass.storage.db import Database
 
+    if settings.storage.url is not None:
+        return _with_store(settings, fn, *args)
     db = Database(settings.database_path)
     db.open()
     try:
         return db.run_sync(fn, *args)
     finally:
         db.close()
+
+
+def _with_store(settings: Any, fn: Any, *args: Any) -> Any:
+    from compass.errors import ConfigError
+    from compass.storage.postgres import PostgresStore
+
+    store = PostgresStore(settings.storage.url, settings.storage.connect_timeout_s)
+    try:
+        store.open()  # applies migrations when this is the first process on a new database
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
+        return store.run_sync(fn, *args)
+    finally:
+        store.close()
 
 
 @click.group("keys")
@@ -73,7 +96,7 @@ def create(tenant: str, rpm: float | None, note: str | None, config: str | None)
         key, key_id = body["key"], body["id"]
     else:
         try:
-            key, record = _with_file(settings, create_key, tenant, rpm, note)
+            key, record = _with_file(settings, create_key, tenant, rpm, note, "cli")
         except ValueError as exc:
             raise click.ClickException(str(exc)) from exc
         key_id = record.id
@@ -114,6 +137,6 @@ def revoke(key_id: str, config: str | None) -> None:
     settings, url = _server(config)
     if url:
         _api(url, "DELETE", f"/admin/api/keys/{key_id}")
-    elif not _with_file(settings, revoke_key, key_id):
+    elif not _with_file(settings, revoke_key, key_id, "cli"):
         raise click.ClickException(f"no active key {key_id}")
     click.echo(f"revoked {key_id}")

@@ -348,8 +348,9 @@ async def admin_create_key(request: Request, data: KeyCreate, services: Services
     from compass.storage.keys import create_key
 
     require_admin(request, services)
-    assert services.db is not None
-    key, record = await services.db.run(create_key, data.tenant, data.requests_per_minute, data.note)
+    rows = services.rows  # the DuckDB file, or the fleet store with storage.url
+    assert rows is not None
+    key, record = await rows.run(create_key, data.tenant, data.requests_per_minute, data.note, rows.origin)
     await keyring(services).reload()
     return {**msgspec.to_builtins(record), "key": key}
 
@@ -361,8 +362,9 @@ async def admin_list_keys(
     from compass.storage.keys import list_keys
 
     require_admin(request, services)
-    assert services.db is not None
-    return {"object": "list", "data": msgspec.to_builtins(await services.db.run(list_keys, include_revoked))}
+    assert services.rows is not None
+    keys = await services.rows.run(list_keys, include_revoked)
+    return {"object": "list", "data": msgspec.to_builtins(keys)}
 
 
 @delete("/admin/api/keys/{key_id:str}", status_code=200, summary="Revoke a client API key")
@@ -370,8 +372,9 @@ async def admin_revoke_key(request: Request, key_id: str, services: Services) ->
     from compass.storage.keys import revoke_key
 
     require_admin(request, services)
-    assert services.db is not None
-    if not await services.db.run(revoke_key, key_id):
+    rows = services.rows
+    assert rows is not None
+    if not await rows.run(revoke_key, key_id, rows.origin):
         raise NotFound(f"no active key {key_id!r}", param="key_id")
     await keyring(services).reload()
     return {"id": key_id, "revoked": True}

@@ -123,9 +123,11 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncGenerator[None, None]:
         from compass.http.auth import keyring
+        from compass.pipeline.fleet import on_keys_changed
 
         await services.start()
         ring = keyring(services)
+        on_keys_changed(services, ring.reload)  # fleet mode: before the load, so no change slips by
         await ring.reload()
         if not ring.local_mode and not ring.admin_key:
             log.warning("client keys exist but no admin key is set: /admin and SQL access are closed")

@@ -56,7 +56,11 @@ class TokenBucket:
 
 
 class KeyRing:
-    """The active keys in memory (reloaded on every change) and the per-key rate limiters."""
+    """The active keys in memory (reloaded on every change) and the per-key rate limiters.
+
+    In fleet mode a change made through another replica or ``compass keys`` reaches this table
+    through the follower's ``keys`` events (compass/pipeline/fleet.py).
+    """
 
     def __init__(self, services: Services) -> None:
         self.services = services
@@ -65,8 +69,9 @@ class KeyRing:
         self.buckets: dict[str, TokenBucket] = {}
 
     async def reload(self) -> None:
-        assert self.services.db is not None
-        self.keys = await self.services.db.run(active_key_hashes)
+        rows = self.services.rows  # the DuckDB file, or the fleet store (every replica's keys)
+        assert rows is not None
+        self.keys = await rows.run(active_key_hashes)
 
     @property
     def local_mode(self) -> bool:

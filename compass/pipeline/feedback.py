@@ -7,6 +7,7 @@ forgets the earlier event) instead of counting twice.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -22,6 +23,9 @@ from layers.bandit.base import RewardEvent
 log = logging.getLogger("compass.feedback")
 
 NEGATIVE_REWARD = 0.5  # below this, an answer served from the cache is evicted
+# Fleet mode: how long to wait for another replica's request row (its writer flushes every
+# storage.flush_interval_ms, 50 ms by default) before answering 404; about 1.5 s in all.
+FLEET_WAITS_S = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
 
 
 def record_failure(services: Services, request_id: str, context: str, model: str, tenant: str) -> None:
@@ -67,6 +71,11 @@ async def submit_feedback(
     result = await rows.run(rows.apply_feedback, feedback.id, tenant, reward, comment, ts)
     if result is None and services.history.pending:
         await services.history.flush()  # the request may still be on its way to the store
+        result = await rows.run(rows.apply_feedback, feedback.id, tenant, reward, comment, ts)
+    for wait_s in FLEET_WAITS_S if rows.fleet is not None else ():
+        if result is not None:
+            break
+        await asyncio.sleep(wait_s)  # another replica served it and has not flushed its row yet
         result = await rows.run(rows.apply_feedback, feedback.id, tenant, reward, comment, ts)
     if result is None:
         raise RequestNotFound(f"no chat completion with id {feedback.id!r}", param="id")

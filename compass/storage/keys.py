@@ -2,6 +2,11 @@
 
 A key is ``cmp-`` + 32 random bytes (url-safe base64), so a hash lookup is all the check needs:
 no per-key salt is required for secrets of that entropy, and lookup stays O(1).
+
+The same functions run on the embedded DuckDB file and on the fleet store (``storage.url``): the
+table is the same, only the placeholder differs. On PostgreSQL a create or revoke also appends a
+``keys`` event in its transaction (``fleet_log.emit``), and every replica reloads its key table
+when it follows it.
 """
 
 from __future__ import annotations
@@ -38,8 +43,33 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
+def on_postgres(con: Any) -> bool:
+    return type(con).__module__.startswith("psycopg")
+
+
+def _sql(con: Any, text: str) -> str:
+    return text.replace("?", "%s") if on_postgres(con) else text
+
+
+def _changed(con: Any, origin: str, fn: Any, *args: Any) -> Any:
+    """Run ``fn`` and, on PostgreSQL, the ``keys`` event in one transaction."""
+    if not on_postgres(con):
+        return fn(*args)
+    from compass.storage.fleet_log import emit
+
+    with con.transaction():
+        result = fn(*args)
+        if result:
+            emit(con, origin, "keys", {})
+    return result
+
+
 def create_key(
-    con: Any, tenant: str, requests_per_minute: float | None = None, note: str | None = None
+    con: Any,
+    tenant: str,
+    requests_per_minute: float | None = None,
+    note: str | None = None,
+    origin: str = "",
 ) -> tuple[str, ApiKey]:
     """Insert a new key for ``tenant``; returns ``(the secret key, its record)``."""
     if not tenant or len(tenant) > 100:
@@ -47,11 +77,19 @@ def create_key(
     key = new_key()
     key_id = "key_" + secrets.token_hex(6)
     created = utcnow()
-    con.execute(
-        "INSERT INTO api_keys (id, tenant, key_hash, prefix, created_at, requests_per_minute, note)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [key_id, tenant, hash_key(key), key[:10], created, requests_per_minute, note],
-    )
+
+    def insert() -> bool:
+        con.execute(
+            _sql(
+                con,
+                "INSERT INTO api_keys (id, tenant, key_hash, prefix, created_at, requests_per_minute, note)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            ),
+            [key_id, tenant, hash_key(key), key[:10], created, requests_per_minute, note],
+        )
+        return True
+
+    _changed(con, origin, insert)
     record = ApiKey(
         id=key_id,
         tenant=tenant,
@@ -83,13 +121,16 @@ def list_keys(con: Any, include_revoked: bool = False) -> list[ApiKey]:
     ]
 
 
-def revoke_key(con: Any, key_id: str) -> bool:
-    found = con.execute(
-        "SELECT count(*) FROM api_keys WHERE id = ? AND revoked_at IS NULL", [key_id]
-    ).fetchone()[0]
-    if found:
-        con.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", [utcnow(), key_id])
-    return bool(found)
+def revoke_key(con: Any, key_id: str, origin: str = "") -> bool:
+    def revoke() -> bool:
+        found = con.execute(
+            _sql(con, "SELECT count(*) FROM api_keys WHERE id = ? AND revoked_at IS NULL"), [key_id]
+        ).fetchone()[0]
+        if found:
+            con.execute(_sql(con, "UPDATE api_keys SET revoked_at = ? WHERE id = ?"), [utcnow(), key_id])
+        return bool(found)
+
+    return bool(_changed(con, origin, revoke))
 
 
 def active_key_hashes(con: Any) -> dict[str, tuple[str, str, float | None]]:
@@ -105,9 +146,11 @@ def admin_key(settings: Settings) -> str | None:
 
 
 def any_keys_configured(settings: Settings) -> bool:
-    """Admin key set, or an active client key in the database file (read without locking it)."""
+    """Admin key set, or an active client key in the store (the file is read without locking it)."""
     if admin_key(settings):
         return True
+    if settings.storage.url is not None:
+        return _any_keys_on_postgres(settings)
     path: Path = settings.database_path
     if not path.exists():
         return False
@@ -121,5 +164,22 @@ def any_keys_configured(settings: Settings) -> bool:
         return bool(con.execute("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL").fetchone()[0])
     except duckdb.Error:
         return False  # an older file without the table
+    finally:
+        con.close()
+
+
+def _any_keys_on_postgres(settings: Settings) -> bool:
+    from compass.errors import ConfigError
+    from compass.storage.postgres import connect
+
+    assert settings.storage.url is not None
+    try:
+        con = connect(settings.storage.url, settings.storage.connect_timeout_s)
+    except ConfigError:
+        return True  # unreachable: start-up reports it; assume keys rather than open up
+    try:
+        return bool(con.execute("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL").fetchone()[0])
+    except Exception:
+        return False  # no table yet: the first replica's migrations create it
     finally:
         con.close()

@@ -175,3 +175,27 @@ def api_keys_table(con: Any) -> None:
         )
         """
     )
+
+
+@pg_migration
+def fleet_events_table(con: Any) -> None:
+    """The fleet's change log that replicas follow (compass/storage/fleet_log.py).
+
+    ``xid`` is the writing transaction's id: a follower reads the rows at or above the oldest
+    transaction still running when it last read, so a row whose transaction commits late is
+    never passed over (a plain identity watermark would skip it).
+    """
+    con.execute(
+        """
+        CREATE TABLE fleet_events (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            xid XID8 NOT NULL DEFAULT pg_current_xact_id(),
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            origin TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            payload JSONB NOT NULL
+        )
+        """
+    )
+    con.execute("CREATE INDEX fleet_events_xid ON fleet_events (xid)")
+    con.execute("CREATE INDEX fleet_events_created_at ON fleet_events (created_at)")

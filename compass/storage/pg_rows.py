@@ -1,7 +1,8 @@
 """Request and reward rows on PostgreSQL: the fleet store's counterparts of history.py and rewards.py.
 
 Requests go in with COPY (one round trip per batch, like the DuckDB writer's one Arrow insert);
-JSON columns are encoded once here. Rewards carry ``seq``, the fleet-wide order replicas follow.
+JSON columns are encoded once here. Every reward also appends a ``reward`` event to ``fleet_events``
+in its transaction, which the other replicas follow (compass/storage/fleet_log.py).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from compass.storage.fleet_log import Position, current_position, emit
 from compass.storage.history import REQUEST_COLUMNS
 from compass.storage.rewards import UNROUTED_CONTEXT, reward_insert
 from layers.bandit.base import RewardEvent
@@ -50,10 +52,46 @@ def insert_requests_pg(con: Any, rows: list[dict[str, Any]]) -> None:
         )
 
 
-def insert_reward_pg(con: Any, event: RewardEvent, tenant: str | None, comment: str | None) -> str:
+def insert_reward_pg(
+    con: Any, event: RewardEvent, tenant: str | None, comment: str | None, origin: str = ""
+) -> str:
+    """Insert a reward and its ``reward`` event in one transaction (other replicas follow it)."""
+    with con.transaction():
+        reward_id = _insert_reward(con, event, tenant, comment)
+        emit(con, origin, "reward", {"event": _event_json(event), "replaced": []})
+    return reward_id
+
+
+def _insert_reward(con: Any, event: RewardEvent, tenant: str | None, comment: str | None) -> str:
     reward_id, sql, params = reward_insert(event, tenant, comment, mark="%s")
     con.execute(sql, params)
     return reward_id
+
+
+def _event_json(event: RewardEvent) -> dict[str, Any]:
+    return {
+        "request_id": event.request_id,
+        "context": event.context,
+        "model": event.model,
+        "reward": event.reward,
+        "ts": event.ts,
+        "source": event.source,
+    }
+
+
+def reward_event_of(payload: dict[str, Any]) -> RewardEvent:
+    return msgspec.convert(payload, RewardEvent)
+
+
+def rebuild_rewards_pg(con: Any) -> tuple[list[RewardEvent], Position]:
+    """The restart fold's rewards and, in the same snapshot, where following them starts."""
+    con.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    try:
+        events, _ = load_reward_events_pg(con)
+        position = current_position(con)
+    finally:
+        con.execute("COMMIT")
+    return events, position
 
 
 def load_reward_events_pg(con: Any, after_seq: int = 0) -> tuple[list[RewardEvent], int]:
@@ -76,7 +114,13 @@ def load_reward_events_pg(con: Any, after_seq: int = 0) -> tuple[list[RewardEven
 
 
 def apply_feedback_pg(
-    con: Any, request_id: str, tenant: str | None, reward: float, comment: str | None, ts: float
+    con: Any,
+    request_id: str,
+    tenant: str | None,
+    reward: float,
+    comment: str | None,
+    ts: float,
+    origin: str = "",
 ) -> dict[str, Any] | None:
     """PostgreSQL's ``rewards.apply_feedback``: find the request (any replica's), supersede, insert.
 
@@ -106,11 +150,13 @@ def apply_feedback_pg(
         event = RewardEvent(
             request_id=request_id, context=context, model=model, reward=reward, ts=ts, source="feedback"
         )
-        insert_reward_pg(con, event, row_tenant, comment)
-    replaced = [
-        RewardEvent(request_id=r[0], context=r[1], model=r[2], reward=r[3], ts=r[4], source=r[5])
-        for r in earlier
-    ]
+        _insert_reward(con, event, row_tenant, comment)
+        replaced = [
+            RewardEvent(request_id=r[0], context=r[1], model=r[2], reward=r[3], ts=r[4], source=r[5])
+            for r in earlier
+        ]
+        payload = {"event": _event_json(event), "replaced": [_event_json(e) for e in replaced]}
+        emit(con, origin, "reward", payload)
     return {
         "event": event,
         "replaced": replaced,

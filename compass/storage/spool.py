@@ -92,36 +92,48 @@ def _split(items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[list
     return requests, rewards
 
 
-def insert_reward_rows_pg(con: Any, rows: list[list[Any]]) -> None:
-    """Reward rows made by ``reward_insert`` (the spool keeps their ids), idempotent by id."""
+def insert_reward_rows_pg(con: Any, rows: list[list[Any]], origin: str = "") -> None:
+    """Reward rows made by ``reward_insert`` (the spool keeps their ids), idempotent by id.
+
+    Each row actually inserted appends its ``reward`` event in the same transaction, as a live
+    insert does, so the other replicas' posteriors follow a reward that waited out an outage.
+    """
     if not rows:
         return
+    from compass.storage.fleet_log import emit
+
     marks = "(" + ", ".join("%s" for _ in REWARD_COLUMNS) + ")"
-    with con.transaction(), con.cursor() as cur:
-        cur.executemany(
-            f"INSERT INTO rewards ({', '.join(REWARD_COLUMNS)}) VALUES {marks} ON CONFLICT (id) DO NOTHING",
-            rows,
-        )
+    sql = (
+        f"INSERT INTO rewards ({', '.join(REWARD_COLUMNS)}) VALUES {marks}"
+        " ON CONFLICT (id) DO NOTHING RETURNING id"
+    )
+    at = {name: i for i, name in enumerate(REWARD_COLUMNS)}
+    with con.transaction():
+        for row in rows:
+            if con.execute(sql, row).fetchone() is None:
+                continue  # written before (a segment replayed twice)
+            event = {k: row[at[k]] for k in ("request_id", "context", "model", "reward", "ts", "source")}
+            emit(con, origin, "reward", {"event": event, "replaced": []})
 
 
-def write_items(con: Any, requests: list[dict[str, Any]], rewards: list[list[Any]]) -> None:
+def write_items(con: Any, requests: list[dict[str, Any]], rewards: list[list[Any]], origin: str = "") -> None:
     if requests:
         insert_requests_pg(con, requests)
     if rewards:
-        insert_reward_rows_pg(con, rewards)
+        insert_reward_rows_pg(con, rewards, origin)
 
 
-def replay_segment(con: Any, path: Path, batch_size: int = 512) -> int:
+def replay_segment(con: Any, path: Path, batch_size: int = 512, origin: str = "") -> int:
     """Write one segment's rows to PostgreSQL (idempotent); returns how many lines it held."""
     if not path.exists():
         return 0
     items = read_rows(path, TIMESTAMPS)
     for start in range(0, len(items), batch_size):
-        write_items(con, *_split(items[start : start + batch_size]))
+        write_items(con, *_split(items[start : start + batch_size]), origin)
     return len(items)
 
 
-def recover_spool(store: Any, root: Path) -> int:
+def recover_spool(store: Any, root: Path, origin: str = "") -> int:
     """At start-up: replay what dead processes left under ``root`` (a crash, or a stop while down)."""
     if not root.is_dir():
         return 0
@@ -132,7 +144,7 @@ def recover_spool(store: Any, root: Path) -> int:
             continue  # a live process's spool: it writes its own rows
         try:
             for path in segments(directory):
-                total += store.run_sync(replay_segment, path)
+                total += store.run_sync(replay_segment, path, 512, origin)
                 path.unlink(missing_ok=True)
             shutil.rmtree(directory, ignore_errors=True)
         finally:
@@ -158,8 +170,10 @@ class FleetWriter(HistoryWriter):
         flush_interval_ms: float = 50.0,
         batch_size: int = 512,
         retry_s: float = 0.5,
+        origin: str = "",
     ) -> None:
         super().__init__(store, flush_interval_ms, batch_size, insert=insert_requests_pg)
+        self.origin = origin  # this replica's name on the reward events a replayed row appends
         self.spool = spool
         self.durability = durability
         self.max_bytes = max_bytes
@@ -296,7 +310,7 @@ class FleetWriter(HistoryWriter):
     async def _insert_or_spool(self, rows: list[dict[str, Any]]) -> None:
         requests, rewards = _split(rows)
         try:
-            await self.db.run(write_items, requests, rewards)
+            await self.db.run(write_items, requests, rewards, self.origin)
         except StoreUnavailable as exc:
             self._went_down(exc)
             self._spool(rows, "the fleet store went away")
@@ -307,7 +321,7 @@ class FleetWriter(HistoryWriter):
             for row in rows:
                 try:
                     one = _split([row])
-                    await self.db.run(write_items, *one)
+                    await self.db.run(write_items, *one, self.origin)
                     self.written += len(one[0])
                 except StoreUnavailable as exc:
                     self._went_down(exc)
@@ -350,7 +364,7 @@ class FleetWriter(HistoryWriter):
         lines = 0
         for seq in self.spool.closed_segments(through):
             try:
-                lines += await self.db.run(replay_segment, self.spool.path(seq), self.batch_size)
+                lines += await self.db.run(replay_segment, self.spool.path(seq), self.batch_size, self.origin)
             except StoreUnavailable as exc:
                 self.down_reason = str(exc)
                 self.replayed += lines
@@ -380,11 +394,11 @@ class FleetWriter(HistoryWriter):
             self.lock_fd = None
 
 
-def fleet_writer(store: Any, settings: Any) -> FleetWriter:
+def fleet_writer(store: Any, settings: Any, origin: str = "") -> FleetWriter:
     """Replay what an earlier run spooled (the store answered at start-up), then a new writer."""
     cfg = settings.storage
     root = spool_path(settings)
-    recovered = recover_spool(store, root)
+    recovered = recover_spool(store, root, origin)
     if recovered:
         log.warning("history: %d spooled rows from before a restart written to the fleet store", recovered)
     max_bytes = max(64 * 1024, int(cfg.spool_max_mb * 1024 * 1024))
@@ -399,6 +413,7 @@ def fleet_writer(store: Any, settings: Any) -> FleetWriter:
         max_bytes=max_bytes,
         flush_interval_ms=cfg.flush_interval_ms,
         batch_size=cfg.batch_size,
+        origin=origin,
     )
     writer.lock_fd = lock_fd
     return writer

@@ -14,11 +14,12 @@ import os
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from layers.cache import store
 from layers.cache.base import VectorIndex, build_index
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from layers.cache.stores import CacheStore
 
 log = logging.getLogger("compass.cache")
 SpawnFn = Callable[[Coroutine[Any, Any, Any]], "asyncio.Task[Any]"]
@@ -45,7 +46,7 @@ class LiveIndex:
 
     # -- start ---------------------------------------------------------------------------------
 
-    async def load_or_rebuild(self, db: Any, stored: np.ndarray) -> None:
+    async def load_or_rebuild(self, db: CacheStore, stored: np.ndarray) -> None:
         """Use the file if it agrees with the stored entries (``stored`` vector ids), else rebuild.
 
         A file saved before the last writes (a crash, a kill) is caught up rather than rebuilt:
@@ -67,14 +68,14 @@ class LiveIndex:
             self.note = problem
         else:
             self.note = "no index file" if self.path else "in memory"
-        ids, vectors = await db.run(store.load_vectors, None, self.dim)
+        ids, vectors = await db.load_vectors(None, self.dim)
         self.index = await asyncio.to_thread(self.new().rebuilt, ids, vectors)
         self.source = "rebuilt"
         self.dirty = bool(self.path)
         if self.path and len(ids):
             log.warning("cache index rebuilt from %d stored vectors (%s)", len(ids), self.note)
 
-    async def _reconcile(self, db: Any, index: VectorIndex, stored: np.ndarray) -> str | None:
+    async def _reconcile(self, db: CacheStore, index: VectorIndex, stored: np.ndarray) -> str | None:
         """Bring a loaded index in line with the table; why it cannot be used, or None.
 
         Vector ids are never reused (the high-water mark is persisted), so an id present in both
@@ -86,7 +87,7 @@ class LiveIndex:
         common = np.intersect1d(stored, present)
         if len(common):
             sample = common[np.linspace(0, len(common) - 1, num=min(16, len(common))).astype(int)]
-            _, expected = await db.run(store.load_vectors, sample.tolist(), self.dim)
+            _, expected = await db.load_vectors(sample.tolist(), self.dim)
             if not np.allclose(index.reconstruct(sample), expected, atol=1e-5):
                 return "vectors in the file differ from the stored ones"
         elif len(present) and len(stored):
@@ -94,7 +95,7 @@ class LiveIndex:
         index.remove(np.setdiff1d(present, stored))
         missing = np.setdiff1d(stored, present)
         if len(missing):
-            ids, vectors = await db.run(store.load_vectors, missing.tolist(), self.dim)
+            ids, vectors = await db.load_vectors(missing.tolist(), self.dim)
             await asyncio.to_thread(index.add, ids, vectors)
             self.note = f"caught up: {len(missing)} entries stored after the file was saved"
             self.dirty = True

@@ -12,7 +12,9 @@ Lookup (``CacheKey`` from ``layers.cache.keys``):
 Either tier serves an entry only if it is younger than ``ttl_s`` and was produced by a model at
 least as capable as the one the router chose (``min_capability``).
 
-Persistence: every entry (embedding included) is a row of ``cache_entries``; the FAISS index is
+Persistence: every entry (embedding included) is a row of ``cache_entries``, through a
+``CacheStore`` (``layers.cache.stores``: the DuckDB file, or PostgreSQL in fleet mode, where the
+cache also follows other replicas' stores and evictions, ``follow_put`` / ``follow_del``); the FAISS index is
 saved to ``index_path`` every ``save_interval_s`` and on close. At start the file is used if every
 stored entry is in it and a sample of its vectors equals the stored ones; otherwise the index is
 rebuilt from the table, so a crash or a deleted/stale file never loses an entry.
@@ -51,6 +53,7 @@ from layers.cache.options import (  # noqa: F401 - DEFAULT_THRESHOLD, STORE_WAIT
     MAX_GLOBAL_K,
     STORE_WAIT_S,
 )
+from layers.cache.stores import CacheStore, DuckDBCacheStore
 from layers.cache.writes import CacheWrites, _InFlight
 from layers.types import EmbedderBusy
 
@@ -65,7 +68,13 @@ log = logging.getLogger("compass.cache")
 class SemanticCache(CacheWrites, ResponseCache):
     name: ClassVar[str] = "semantic"
 
-    def __init__(self, options: dict[str, Any] | None = None, db: Any = None, embedder: Any = None) -> None:
+    def __init__(
+        self,
+        options: dict[str, Any] | None = None,
+        db: Any = None,
+        embedder: Any = None,
+        store: CacheStore | None = None,
+    ) -> None:
         unknown = set(options or {}) - set(DEFAULTS)
         if unknown:
             raise ValueError(f"unknown cache options {sorted(unknown)}; known: {', '.join(sorted(DEFAULTS))}")
@@ -89,6 +98,7 @@ class SemanticCache(CacheWrites, ResponseCache):
         if self.max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self.db = db
+        self.storage: CacheStore | None = store or (DuckDBCacheStore(db) if db is not None else None)
         self.embedder = embedder
         self.dim = int(opts["dim"] or getattr(embedder, "dim", 0) or 384)
         self.clock: Callable[[], float] = time.time  # tests move time forward
@@ -116,12 +126,12 @@ class SemanticCache(CacheWrites, ResponseCache):
         """Load the entries and counters, then the index file if consistent (else rebuild it)."""
         import numpy as np
 
-        if self.db is None:
-            raise ValueError("the semantic cache needs the gateway's database (db=...)")
+        if self.storage is None:
+            raise ValueError("the semantic cache needs the gateway's database (db=... or store=...)")
         if self.options["single_threaded_search"]:
             single_threaded_here()  # lookups run on this (the event loop's) thread
-        rows = await self.db.run(store.load_entries)
-        counters = await self.db.run(store.load_counters)
+        rows = await self.storage.load_entries()
+        counters = await self.storage.load_counters()
         self.entries = Entries()
         for row in rows:
             self.entries.add(Entry.from_row(row, self._semantic_ok(row[5])))
@@ -129,7 +139,7 @@ class SemanticCache(CacheWrites, ResponseCache):
         high = max((int(row[0]) for row in rows), default=0) + 1
         self._next_vector_id = max(high, int(counters.get((store.META_TENANT, "next_vector_id"), 1)))
         stored = np.fromiter(self.entries.by_vector, dtype=np.int64, count=len(self.entries))
-        await self.live.load_or_rebuild(self.db, stored)
+        await self.live.load_or_rebuild(self.storage, stored)
         now = self.clock()
         victims = self.entries.expired(now - self.ttl_s) if self.ttl_s else []
         if victims:
@@ -151,8 +161,8 @@ class SemanticCache(CacheWrites, ResponseCache):
             self._saver = None
         await self.wait_idle()
         pending = self.counters.take_pending()
-        if pending and self.db is not None:
-            await self.db.run(store.add_counters, pending)
+        if pending and self.storage is not None:
+            await self.storage.add_counters(pending)
         await self.live.save()
 
     async def wait_idle(self) -> None:
@@ -284,7 +294,8 @@ class SemanticCache(CacheWrites, ResponseCache):
     async def _serve(self, entry: Entry, kind: str, similarity: float, now: float) -> CacheHit | None:
         """Read the stored answer and count the hit (None if the entry was evicted meanwhile)."""
         hit = Counter({(entry.tenant, f"hits_{kind}"): 1, (entry.tenant, "tokens_saved"): entry.tokens})
-        found = await self.db.run(store.hit_entry, entry.id, now, self.counters.take_pending(), hit)
+        assert self.storage is not None
+        found = await self.storage.hit_entry(entry.id, now, self.counters.take_pending(), hit)
         if found is None:
             return None
         response, cost = found

@@ -49,6 +49,18 @@ def load_vectors(con: duckdb.DuckDBPyConnection, vector_ids: list[int] | None, d
     return ids, flat.reshape(len(ids), dim)
 
 
+def fetch_entries(con: duckdb.DuckDBPyConnection, entry_ids: list[str], dim: int) -> list[tuple[tuple, Any]]:
+    """``(metadata row, vector)`` of the entries among ``entry_ids`` that exist, by vector id."""
+    import numpy as np
+
+    rows = con.execute(
+        f"SELECT {ENTRY_COLUMNS}, embedding FROM cache_entries WHERE id IN (SELECT unnest(?::VARCHAR[]))"
+        " ORDER BY vector_id",
+        [list(entry_ids)],
+    ).fetchall()
+    return [(tuple(r[:-1]), np.asarray(r[-1], dtype=np.float32).reshape(dim)) for r in rows]
+
+
 def write_entry(
     con: duckdb.DuckDBPyConnection,
     row: dict[str, Any],

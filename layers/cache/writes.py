@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from layers.cache import store
 from layers.cache.base import CacheKey
 from layers.cache.counters import CacheCounters
 from layers.cache.entries import Entries, Entry
@@ -41,7 +40,7 @@ class _InFlight:
 class CacheWrites:
     """Store and evict; mixed into ``SemanticCache``, whose ``__init__`` sets these attributes."""
 
-    db: Any
+    storage: Any  # layers.cache.stores.CacheStore
     dim: int
     ttl_s: float | None
     max_entries: int
@@ -141,8 +140,9 @@ class CacheWrites:
         body = msgspec.json.encode(response).decode()
         async with self._lock:
             now = self.clock()
+            vector_id = await self.storage.next_vector_id(self._next_vector_id)
             entry = Entry(
-                vector_id=self._next_vector_id,
+                vector_id=vector_id,
                 id=f"ce-{uuid.uuid4().hex[:24]}",
                 tenant=key.tenant,
                 scope=key.scope,
@@ -158,14 +158,14 @@ class CacheWrites:
                 cost_usd=cost_usd,
                 semantic=self._semantic_ok(key.query),
             )
-            self._next_vector_id += 1
+            self._next_vector_id = max(self._next_vector_id, vector_id + 1)
             victims = self._displaced(entry, now)
             new: Counter[tuple[str, str]] = Counter({(key.tenant, "stores"): 1})
             for victim, reason in victims:
                 new[(victim.tenant, f"evicted_{reason}")] += 1
             gone = [v.id for v, _ in victims]
             increments = self.counters.take_pending() + new
-            await self.db.run(store.write_entry, entry.row(), vector, body, gone, increments)
+            await self.storage.write_entry(entry.row(), vector, body, gone, increments)
             self.counters.written(new)
             self._remove_locked([v for v, _ in victims])
             self.entries.add(entry)
@@ -195,9 +195,12 @@ class CacheWrites:
         if pending is not None:  # its answer may still be on its way into the cache
             await asyncio.wait([pending.done], timeout=5.0)
         ids = set(self.entries.by_request.get(request_id, ()))
-        served = await self.db.run(store.served_entry, request_id)
+        served = await self.storage.served_entry(request_id)
         if served:
             ids.add(served)
+        unknown = [i for i in ids if i not in self.entries]
+        if unknown and self.storage.shared:  # another replica's entry this one has not followed yet
+            await self.storage.delete_entries(unknown, {})
         return await self._evict([self.entries.by_id[i] for i in ids if i in self.entries], "feedback")
 
     async def evict_entry(self, entry_id: str) -> int:
@@ -218,7 +221,7 @@ class CacheWrites:
             for victim in victims:
                 new[(victim.tenant, f"evicted_{reason}")] += 1
             increments = self.counters.take_pending() + new
-            await self.db.run(store.delete_entries, [v.id for v in victims], increments)
+            await self.storage.delete_entries([v.id for v in victims], increments)
             self.counters.written(new)
             self._remove_locked(victims)
             self.live.maybe_compact(self._spawn)
@@ -226,3 +229,46 @@ class CacheWrites:
 
     def _remove_locked(self, victims: list[Entry]) -> None:
         self.live.remove([v.vector_id for v in victims if self.entries.remove(v)])
+
+    # -- following other replicas (a shared store) ------------------------------------------------
+
+    async def follow_put(self, items: list[tuple[str, list[str]]]) -> int:
+        """Other replicas stored entries, each ``(entry id, the ids it displaced)``, in commit order.
+
+        Mirrors them here (metadata and vector read by id; an entry already gone is skipped);
+        returns how many entries were added.
+        """
+        async with self._lock:
+            wanted = [i for i, _ in items if i not in self.entries]
+            fetched = await self.storage.fetch_entries(wanted, self.dim) if wanted else []
+            found = {row[1]: (row, vector) for row, vector in fetched}
+            added, losers = 0, []
+            for entry_id, victims in items:
+                self._remove_locked([self.entries.by_id[i] for i in victims if i in self.entries])
+                if entry_id not in found or entry_id in self.entries:
+                    continue
+                row, vector = found[entry_id]
+                entry = Entry.from_row(row, self._semantic_ok(row[5]))
+                same = self.entries.by_exact.get(entry.exact)
+                if same is not None:  # two replicas stored one question at once: the later id wins
+                    if same.vector_id > entry.vector_id:
+                        losers.append(entry.id)
+                        continue
+                    losers.append(same.id)
+                    self._remove_locked([same])
+                self.entries.add(entry)
+                self.live.add(entry.vector_id, vector)
+                self._next_vector_id = max(self._next_vector_id, entry.vector_id + 1)
+                added += 1
+            if losers:  # every replica picks the same winner; deleting twice is harmless
+                await self.storage.delete_entries(losers, {})
+            self.live.maybe_compact(self._spawn)
+        return added
+
+    async def follow_del(self, entry_ids: list[str]) -> int:
+        """Another replica evicted ``entry_ids``: stop serving them here; returns entries removed."""
+        async with self._lock:
+            victims = [self.entries.by_id[i] for i in entry_ids if i in self.entries]
+            self._remove_locked(victims)
+            self.live.maybe_compact(self._spawn)
+        return len(victims)
