@@ -20,8 +20,8 @@ from click.testing import CliRunner
 
 from ops.fake_upstream import FakeUpstream, demo_config
 from ops.procs import GatewayProcess
+from tests.helpers import demo_pool
 from tests.postgres import Cluster
-from tests.test_e2e_openai import pool_for
 
 ADMIN = "adm-fleet-test-key"
 START_S = 300  # each replica loads the MiniLM; two shared cores can take minutes
@@ -70,7 +70,7 @@ class Fleet:
 
     def replica(self, name: str) -> GatewayProcess:
         config = {
-            "models": pool_for(self.upstream),
+            "models": demo_pool(self.upstream),
             "selector": {"backend": "thompson"},
             "classifier": {"backend": "length"},
             "cache": {"enabled": True},
