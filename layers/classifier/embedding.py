@@ -27,7 +27,7 @@ _CANDIDATES = (
     Path(__file__).resolve().parents[2] / "data" / "classifier",
     Path("data") / "classifier",
 )
-# The score is the expected complexity: simple counts 0, medium 0.5, complex 1.
+# Expected complexity: simple counts 0, medium 0.5, complex 1 (the score averages it with the demand head).
 TIER_VALUE = np.array([0.0, 0.5, 1.0], dtype=np.float32)
 
 
@@ -128,7 +128,9 @@ class EmbeddingHead:
 
 
 class EmbeddingClassifier(Classifier):
-    """Tier = the most likely tier; score = expected complexity; task type = argmax of the task head.
+    """Tier = the most likely tier, floored to medium by the demand head; score = mean of the expected
+    complexity and the demand probability (expected complexity alone without a demand head); task
+    type = argmax of the task head.
 
     Options: ``weights_path`` (default: the shipped file); ``thresholds`` ([simple/medium,
     medium/complex] cut points on the score) or ``decision: thresholds`` (the cut points tuned when
