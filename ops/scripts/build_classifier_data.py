@@ -206,9 +206,9 @@ def objective(pred: np.ndarray, y: np.ndarray, n_classes: int) -> float:
     return float(f1_score(y, pred, labels=list(range(n_classes)), average="macro", zero_division=0))
 
 
-def best_thresholds(probs: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Cut points on the expected complexity that maximise ``objective`` (out-of-fold)."""
-    score = probs[:, 1] * 0.5 + probs[:, 2]
+def best_thresholds(probs: np.ndarray, y: np.ndarray, score: np.ndarray | None = None) -> tuple[float, float]:
+    """Cut points on the score (default: expected complexity) that maximise ``objective`` (out-of-fold)."""
+    score = probs[:, 1] * 0.5 + probs[:, 2] if score is None else score
     best = (-1.0, 1 / 3, 2 / 3)
     grid = np.round(np.arange(0.05, 0.96, 0.01), 2)
     for lo in grid:
@@ -317,13 +317,40 @@ def main() -> None:
         scored=outcome,
         cs=(args.tier_c,) if args.tier_c > 0 else (0.3, 1.0, 3.0, 10.0),
     )
-    lo, hi = best_thresholds(oof[outcome], y_tier[train][outcome])
+    from ops.scripts.classifier_demand_head import (
+        DEMAND_C,
+        calibrate_floor,
+        demand_features,
+        demand_labels,
+        fit_demand,
+    )
+
+    print("demand head:")
+    y_demand = demand_labels(records, args.shared)
+    train_texts = [t for t, keep in zip(texts, train, strict=True) if keep]
+    demand_model, demand_oof = fit_demand(
+        demand_features(x[train], train_texts),
+        y_demand[train],
+        weight[train],
+        (y_demand[train] + 1) * 3 + y_tier[train],
+        SEED,
+    )
+    calibration = calibrate_floor(oof[outcome], demand_oof[outcome], y_tier[train][outcome])
+    floor = calibration["floor"]
+    print(f"  demand floor {floor} ({calibration})")
+    combined = 0.5 * (oof[:, 1] * 0.5 + oof[:, 2]) + 0.5 * demand_oof
+    lo, hi = best_thresholds(oof[outcome], y_tier[train][outcome], combined[outcome])
     task_rows = train & (y_task >= 0)
     print("task head:")
     task_model, task_c, _ = fit_head(x[task_rows], y_task[task_rows], len(TASKS), power=1.0)
 
     probs = tier_model.predict_proba(x[test])
-    score = probs[:, 1] * 0.5 + probs[:, 2]
+    test_texts = [t for t, keep in zip(texts, test, strict=True) if keep]
+    demand_test = demand_model.predict_proba(demand_features(x[test], test_texts))[:, 1]
+    score = 0.5 * (probs[:, 1] * 0.5 + probs[:, 2]) + 0.5 * demand_test
+    floored = probs.argmax(1)
+    if floor is not None:
+        floored = np.where((floored == 0) & (demand_test >= floor), 1, floored)
     cut = np.where(score < lo, 0, np.where(score < hi, 1, 2))
     y_test = y_tier[test]
     test_sources = [r["source"] for r, t in zip(records, test, strict=True) if t]
@@ -340,7 +367,9 @@ def main() -> None:
         "tier_counts": dict(Counter(r["tier"] for r in records)),
         "source_counts": dict(Counter(r["source"] for r in records)),
         "C": {"tier": tier_c, "task": task_c},
-        "tier_test_argmax": tier_metrics(probs.argmax(1), y_test, test_sources),
+        "tier_test_argmax": tier_metrics(floored, y_test, test_sources),
+        "tier_test_argmax_no_floor": tier_metrics(probs.argmax(1), y_test, test_sources),
+        "demand": {"C": DEMAND_C, "labelled_train_rows": int((y_demand[train] >= 0).sum()), **calibration},
         "thresholds": [lo, hi],
         "tier_test_thresholds": tier_metrics(cut, y_test, test_sources),
         "majority_baseline": {
@@ -367,6 +396,9 @@ def main() -> None:
         feat_mean=mean.astype(np.float32),
         feat_scale=scale.astype(np.float32),
         thresholds=np.array([lo, hi], dtype=np.float32),
+        demand_W=demand_model.coef_.reshape(-1).astype(np.float32),
+        demand_b=np.float32(demand_model.intercept_[0]),
+        **({} if floor is None else {"demand_floor": np.float32(floor)}),
         embed_dim=np.array(vectors.shape[1]),
         embedder=np.array("sentence-transformers/all-MiniLM-L6-v2"),
     )

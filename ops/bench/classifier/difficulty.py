@@ -7,7 +7,10 @@ Every set here is outside the heads' training data and out of all tuning:
   difficulty levels; its expert-level rows (plus ``flask_hard``) as expert prompts.
 - WizardLM test set (CC BY-NC: evaluation only): Spearman with its 1-10 difficulty.
 - ``tests/data/classifier_demand_heldout.json``: expert and chit-chat prompts written independently
-  of the training prompts (``ops/scripts/classifier_demand.py``).
+  of the training prompts (``ops/scripts/classifier_demand.py``); a development set (earlier
+  recipes were chosen looking at it).
+- ``tests/data/classifier_demand_fresh.json``: 30 expert / 20 chit-chat prompts written before the
+  demand floor was tuned, used by no choice (``fresh_*``).
 - The routing-outcome held-out split of ``ops/scripts/build_classifier_data.py`` (the hash split,
   1,090 prompts with ``../shared``; the shipped 940 without the AlpacaEval rows otherwise): tier accuracy.
 Embeddings are cached per text under ``$COMPASS_CACHE_DIR/classifier_build`` (the build's cache).
@@ -28,6 +31,7 @@ from ops.bench.common import print_table, write_json
 ROOT = Path(__file__).resolve().parents[3]
 SHARED = ROOT.parent / "shared" / "data"
 DEMAND = ROOT / "tests" / "data" / "classifier_demand_heldout.json"
+FRESH = ROOT / "tests" / "data" / "classifier_demand_fresh.json"
 FLASK_LEVELS = [
     "simple lifestyle knowledge",
     "advanced lifestyle knowledge",
@@ -52,7 +56,9 @@ def outcome_split(shared: Path) -> tuple[list[str], list[str], str]:
 
 def load_sets(shared: Path) -> dict[str, Any]:
     demand = json.loads(DEMAND.read_text(encoding="utf-8"))
+    fresh = json.loads(FRESH.read_text(encoding="utf-8"))
     sets: dict[str, Any] = {"expert_heldout": demand["expert"], "chitchat_heldout": demand["chitchat"]}
+    sets |= {"fresh_expert": fresh["expert"], "fresh_chitchat": fresh["chitchat"]}
     flask = shared / "flask"
     if flask.is_dir():
         rows = [json.loads(x) for x in gzip.open(flask / "flask_evaluation.jsonl.gz", "rt", encoding="utf-8")]
@@ -71,18 +77,21 @@ def load_sets(shared: Path) -> dict[str, Any]:
     return sets
 
 
-def evaluate(head: Any, embed: Any, sets: dict[str, Any]) -> dict[str, Any]:
+def evaluate(head: Any, embed: Any, sets: dict[str, Any], floor: Any = "default") -> dict[str, Any]:
+    """The classifier's own rule (``EmbeddingHead.decide``); ``floor`` overrides the shipped one."""
     from scipy.stats import spearmanr
 
-    from layers.classifier.embedding import TIER_VALUE
     from layers.types import TIERS
 
+    floor = head.demand_floor if floor == "default" else floor
+
     def tiers_scores(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        probs, _ = head.predict(embed(texts), texts)
-        return probs.argmax(1), probs @ TIER_VALUE
+        vectors = embed(texts)
+        probs, _ = head.predict(vectors, texts)
+        return head.decide(probs, head.demand(vectors, texts), floor)
 
     out: dict[str, Any] = {}
-    for name in ("expert_heldout", "flask_expert"):
+    for name in ("expert_heldout", "fresh_expert", "flask_expert"):
         if name in sets:
             tier, _ = tiers_scores(sets[name])
             out[name] = {
@@ -90,12 +99,13 @@ def evaluate(head: Any, embed: Any, sets: dict[str, Any]) -> dict[str, Any]:
                 "share_simple": round(float(np.mean(tier == 0)), 3),
                 "share_complex": round(float(np.mean(tier == 2)), 3),
             }
-    tier, score = tiers_scores(sets["chitchat_heldout"])
-    out["chitchat_heldout"] = {
-        "n": len(tier),
-        "share_simple": round(float(np.mean(tier == 0)), 3),
-        "max_score": round(float(score.max()), 3),
-    }
+    for name in ("chitchat_heldout", "fresh_chitchat"):
+        tier, score = tiers_scores(sets[name])
+        out[name] = {
+            "n": len(tier),
+            "share_simple": round(float(np.mean(tier == 0)), 3),
+            "max_score": round(float(score.max()), 3),
+        }
     for name in ("flask", "wizardlm"):
         if name in sets:
             texts, levels = sets[name]
@@ -107,7 +117,7 @@ def evaluate(head: Any, embed: Any, sets: dict[str, Any]) -> dict[str, Any]:
     truth = np.array([TIERS.index(t) for t in labels])
     out["outcome_tier_accuracy"] = {
         "n": len(texts),
-        "accuracy": round(float(np.mean(tier == truth)), 3),
+        "accuracy": round(float(np.mean(tier == truth)), 4),
         "set": where,
     }
     return out
@@ -119,6 +129,9 @@ def main() -> None:
         "--weights", nargs="*", default=[], help="NAME=PATH heads to compare (default: shipped)"
     )
     parser.add_argument("--shared", type=Path, default=SHARED)
+    parser.add_argument(
+        "--floors", type=float, nargs="*", default=[], help="also report the last head at these demand floors"
+    )
     args = parser.parse_args()
 
     from layers.classifier.embedding import EmbeddingHead, default_weights_path
@@ -127,13 +140,21 @@ def main() -> None:
     heads = dict(w.split("=", 1) for w in args.weights) or {"shipped": str(default_weights_path())}
     sets = load_sets(args.shared)
     result = {name: evaluate(EmbeddingHead(path), embed_all, sets) for name, path in heads.items()}
+    last_path = list(heads.values())[-1]
+    last = EmbeddingHead(last_path)
+    for floor in args.floors:
+        heads[f"floor {floor}"] = last_path
+        result[f"floor {floor}"] = evaluate(last, embed_all, sets, floor)
     rows = []
     for key, field in (
         ("expert_heldout", "share_simple"),
         ("expert_heldout", "share_complex"),
+        ("fresh_expert", "share_simple"),
+        ("fresh_expert", "share_complex"),
         ("flask_expert", "share_simple"),
         ("flask_expert", "share_complex"),
         ("chitchat_heldout", "share_simple"),
+        ("fresh_chitchat", "share_simple"),
         ("flask", "spearman"),
         ("wizardlm", "spearman"),
         ("outcome_tier_accuracy", "accuracy"),
