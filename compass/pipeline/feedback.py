@@ -15,7 +15,7 @@ import msgspec
 
 from compass.errors import InvalidRequest, RequestNotFound
 from compass.services import Services
-from compass.storage.rewards import UNROUTED_CONTEXT
+from compass.storage.rewards import UNROUTED_CONTEXT, embedding_bytes
 from compass.wire.chat import FeedbackRequest
 from layers.bandit.base import RewardEvent
 
@@ -24,10 +24,18 @@ log = logging.getLogger("compass.feedback")
 NEGATIVE_REWARD = 0.5  # below this, an answer served from the cache is evicted
 
 
-def record_failure(services: Services, request_id: str, context: str, model: str, tenant: str) -> None:
+def record_failure(
+    services: Services, request_id: str, context: str, model: str, tenant: str, embedding: Any = None
+) -> None:
     """An upstream failure of a chosen model: a zero-reward observation, learned at once."""
     event = RewardEvent(
-        request_id=request_id, context=context, model=model, reward=0.0, ts=time.time(), source="failure"
+        request_id=request_id,
+        context=context,
+        model=model,
+        reward=0.0,
+        ts=time.time(),
+        source="failure",
+        embedding=embedding_bytes(embedding),
     )
     if services.selector is not None:
         services.selector.observe(event)

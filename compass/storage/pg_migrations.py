@@ -175,3 +175,10 @@ def api_keys_table(con: Any) -> None:
         )
         """
     )
+
+
+@pg_migration
+def embedding_columns(con: Any) -> None:
+    """The prompt's MiniLM vector (float32 bytes) on requests and rewards; see DuckDB's migration."""
+    con.execute("ALTER TABLE requests ADD COLUMN embedding BYTEA")
+    con.execute("ALTER TABLE rewards ADD COLUMN embedding BYTEA")

@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from compass.storage.history import REQUEST_COLUMNS
-from compass.storage.rewards import UNROUTED_CONTEXT, reward_insert
+from compass.storage.rewards import EVENT_COLUMNS, UNROUTED_CONTEXT, event_of, feedback_event, reward_insert
 from layers.bandit.base import RewardEvent
 
 _JSON = msgspec.json.Encoder()
@@ -46,15 +46,12 @@ def load_reward_events_pg(con: Any, after_seq: int = 0) -> tuple[list[RewardEven
     ``load_reward_events``, so the posteriors fold identically.
     """
     rows = con.execute(
-        "SELECT request_id, context, model, reward, ts, source, seq FROM rewards"
+        f"SELECT {EVENT_COLUMNS}, seq FROM rewards"
         " WHERE NOT superseded AND context <> %s AND seq > %s ORDER BY ts, id",
         [UNROUTED_CONTEXT, after_seq],
     ).fetchall()
-    events = [
-        RewardEvent(request_id=r[0], context=r[1], model=r[2], reward=r[3], ts=r[4], source=r[5])
-        for r in rows
-    ]
-    watermark = max((r[6] for r in rows), default=after_seq)
+    events = [event_of(r) for r in rows]
+    watermark = max((r[7] for r in rows), default=after_seq)
     return events, watermark
 
 
@@ -72,28 +69,23 @@ def apply_feedback_pg(
         params.append(tenant)
     with con.transaction():
         row = con.execute(
-            "SELECT model, context, tenant, cache_entry_id, cache_status FROM requests"
+            "SELECT model, context, tenant, cache_entry_id, cache_status, embedding FROM requests"
             f" WHERE {where} FOR UPDATE",
             params,
         ).fetchone()
         if row is None or row[0] is None:
             return None
-        model, context, row_tenant, cache_entry_id, cache_status = row
+        model, context, row_tenant, cache_entry_id, cache_status, vector = row
         context = context or UNROUTED_CONTEXT
         earlier = con.execute(
             "UPDATE rewards SET superseded = TRUE"
             " WHERE request_id = %s AND source = 'feedback' AND NOT superseded"
-            " RETURNING request_id, context, model, reward, ts, source",
+            f" RETURNING {EVENT_COLUMNS}",
             [request_id],
         ).fetchall()
-        event = RewardEvent(
-            request_id=request_id, context=context, model=model, reward=reward, ts=ts, source="feedback"
-        )
+        event = feedback_event(request_id, context, model, reward, ts, vector)
         insert_reward_pg(con, event, row_tenant, comment)
-    replaced = [
-        RewardEvent(request_id=r[0], context=r[1], model=r[2], reward=r[3], ts=r[4], source=r[5])
-        for r in earlier
-    ]
+    replaced = [event_of(r) for r in earlier]
     return {
         "event": event,
         "replaced": replaced,
