@@ -36,13 +36,15 @@ from layers.bandit.thompson import ThompsonSelector
 from layers.types import ModelSpec
 
 NEIGHBOUR_DEFAULTS: dict[str, Any] = {
-    "k": 32,
-    "temp": 0.1,
+    "k": 100,
+    "temp": 10.0,
     "lam": 1.0,
     "ctx_weight": 1.0,
-    "prior_weight": 1.0,
+    "ctx_cap": 64.0,  # the context posterior counts as at most this many observations (keeps its mean)
+    "kernel": "relative",  # absolute: exp((sim - 1)/temp); relative: exp((sim - nearest sim)/temp)
+    "prior_weight": 4.0,
     "max_rows": 200_000,
-    "chunk": 512,
+    "chunk": 256,
     "nprobe": 8,
     "dim": 384,
     "memory_path": None,  # .npz with vectors, models, rewards (and mask) as prior rows
@@ -79,6 +81,11 @@ class NeighbourhoodSelector(ThompsonSelector):
         self.temp = float(self.nopts["temp"])
         self.lam = float(self.nopts["lam"])
         self.ctx_weight = float(self.nopts["ctx_weight"])
+        cap = self.nopts["ctx_cap"]
+        self.ctx_cap = None if cap is None else float(cap)
+        if self.nopts["kernel"] not in ("absolute", "relative"):
+            raise ValueError("neighbourhood option 'kernel' must be 'absolute' or 'relative'")
+        self.relative = self.nopts["kernel"] == "relative"
         self.memory = NeighbourMemory(
             int(self.nopts["dim"]),
             int(self.nopts["max_rows"]),
@@ -144,14 +151,17 @@ class NeighbourhoodSelector(ThompsonSelector):
         rows, sims = mem.search(query, self.k)
         if len(rows) == 0:
             return 0.0, 0.0
-        kappa = np.exp((sims.astype(np.float64) - 1.0) / self.temp)
+        ref = float(sims.max()) if self.relative else 1.0
+        kappa = np.exp((sims.astype(np.float64) - ref) / self.temp)
         width = mem.sa.shape[1]
         ok = slots < width
         a = np.zeros(len(slots))
         b = np.zeros(len(slots))
-        if ok.any():
-            a[ok] = kappa @ mem.sa[rows][:, slots[ok]]
-            b[ok] = kappa @ mem.sb[rows][:, slots[ok]]
+        if ok.any():  # multiply-and-sum, not a BLAS gemv: threaded BLAS stalls on a busy machine
+            cols = slots[ok]
+            weights = kappa[:, None]
+            a[ok] = (mem.sa[rows[:, None], cols] * weights).sum(axis=0)
+            b[ok] = (mem.sb[rows[:, None], cols] * weights).sum(axis=0)
         return a, b
 
     def _inputs(
@@ -165,6 +175,9 @@ class NeighbourhoodSelector(ThompsonSelector):
             a0, b0 = self._prior(context)
             alpha = a0[slots] + self.ctx_weight * (alpha - a0[slots])
             beta = b0[slots] + self.ctx_weight * (beta - b0[slots])
+        if self.ctx_cap is not None:
+            shrink = np.minimum(1.0, self.ctx_cap / (alpha + beta))
+            alpha, beta = alpha * shrink, beta * shrink
         la, lb = self._neighbour_sums(self.memory, query, slots)
         decay = self._decay(now)
         pa, pb = self._neighbour_sums(self.prior, query, slots)
