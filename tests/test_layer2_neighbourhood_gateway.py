@@ -134,3 +134,41 @@ def test_fleet_store_keeps_the_vectors_and_a_fresh_replica_rebuilds_per_prompt(
         rebuilt = prompt_posteriors(services_b)
     for (a1, b1), (a2, b2) in zip(live, rebuilt, strict=True):
         assert a2 == pytest.approx(a1, rel=1e-6) and b2 == pytest.approx(b1, rel=1e-6)
+
+
+def test_compass_train_history_builds_memory_and_priors_from_the_gateways_own_feedback(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from compass.cli.main import main
+    from layers.bandit.neighbourhood import NeighbourhoodSelector
+
+    client, services = gateway(tmp_path / "home", MockUpstream())
+    with client:
+        answers = rated_session(client, 9)
+    scores = {a["id"]: (i % 4) / 3 for i, a in enumerate(answers)}
+    scores[answers[0]["id"]] = 1.0  # the thumbs-up replaced the first score
+    out = tmp_path / "trained"
+    result = CliRunner().invoke(
+        main,
+        ["train", "--history", str(tmp_path / "home"), "--out", str(out / "priors.json"), "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["reward_rows"] == len(answers) and summary["memory_rows"] == len(answers)
+    with np.load(out / "priors.npz") as memory:
+        assert memory["vectors"].shape == (len(answers), 384)
+        models = [str(m) for m in memory["models"]]
+        observed = memory["rewards"][memory["mask"]]
+        assert sorted(observed.tolist()) == pytest.approx(sorted(scores.values()))
+        assert int(memory["mask"].sum()) == len(answers)
+    priors = json.loads((out / "priors.json").read_text())
+    n = sum(m["n"] for ctx in priors["contexts"].values() for m in ctx.values())
+    assert n == len(answers)
+    trained = NeighbourhoodSelector(
+        {**summary["selector_options"], "seed": 1}, [services.pool[m] for m in services.pool]
+    )
+    assert trained.prior.n == len(answers) and set(models) <= set(services.pool)

@@ -221,11 +221,15 @@ class DefaultTrained(Default):
 
     name = "default_trained"
     uses_train = True
+    train_columns: ClassVar[list[int] | None] = None  # models with train rows (None: all)
 
     def make_selector(self, opts: dict[str, Any]) -> ThompsonSelector:
-        selector = NeighbourhoodSelector(opts, self.env.data.specs, clock=lambda: self.step)
-        data = self.env.data
-        selector.prior_rows(self.env.train_vecs, data.models, data.train.rewards)
+        env, data = self.env, self.env.data
+        # k as `compass train --memory` picks it: held-out error on the train split (kNN's k)
+        k = env.shared("knn_k", lambda: choose_knn_k(env.train_vecs, data.train.rewards))
+        selector = NeighbourhoodSelector({"k": k, **opts}, data.specs, clock=lambda: self.step)
+        cols = list(range(len(data.models))) if self.train_columns is None else self.train_columns
+        selector.prior_rows(env.train_vecs, [data.models[j] for j in cols], data.train.rewards[:, cols])
         return selector
 
 

@@ -43,6 +43,9 @@ NEIGHBOUR_DEFAULTS: dict[str, Any] = {
     "ctx_cap": 64.0,  # the context posterior counts as at most this many observations (keeps its mean)
     "kernel": "relative",  # absolute: exp((sim - 1)/temp); relative: exp((sim - nearest sim)/temp)
     "prior_weight": 4.0,
+    # Train rows are discounted per model where live neighbours contradict them by more than this
+    # many standard errors (None: never): a regressed model cannot hide behind its benchmark.
+    "conflict_z": None,
     "max_rows": 200_000,
     "chunk": 256,
     "nprobe": 8,
@@ -86,6 +89,8 @@ class NeighbourhoodSelector(ThompsonSelector):
         if self.nopts["kernel"] not in ("absolute", "relative"):
             raise ValueError("neighbourhood option 'kernel' must be 'absolute' or 'relative'")
         self.relative = self.nopts["kernel"] == "relative"
+        z = self.nopts["conflict_z"]
+        self.conflict_z2 = None if z is None else float(z) ** 2
         self.memory = NeighbourMemory(
             int(self.nopts["dim"]),
             int(self.nopts["max_rows"]),
@@ -105,12 +110,18 @@ class NeighbourhoodSelector(ThompsonSelector):
             self.memory.reset()
 
     def prior_rows(
-        self, vectors: np.ndarray, models: list[str], rewards: np.ndarray, mask: Any = None
+        self,
+        vectors: np.ndarray,
+        models: list[str],
+        rewards: np.ndarray,
+        mask: Any = None,
+        weight: float | None = None,
     ) -> None:
-        """Train rows: one per prompt, rewards (prompts, models) in [0, 1]; ``mask`` marks observed."""
+        """Train rows: one per prompt, rewards (prompts, models) in [0, 1]; ``mask`` marks observed;
+        each observation counts ``weight`` times (default the ``prior_weight`` option)."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         slots = [self._slot(m) for m in models]
-        w = float(self.nopts["prior_weight"])
+        w = float(self.nopts["prior_weight"] if weight is None else weight)
         seen = np.ones_like(rewards, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
         base = self.prior.n
         for j, vec in enumerate(vectors):
@@ -125,7 +136,8 @@ class NeighbourhoodSelector(ThompsonSelector):
     def load_prior_rows(self, path: str) -> None:
         data = np.load(path, allow_pickle=False)
         mask = data["mask"] if "mask" in data.files else None
-        self.prior_rows(data["vectors"], [str(m) for m in data["models"]], data["rewards"], mask)
+        weight = float(data["weight"]) if "weight" in data.files else None  # history rows: 1
+        self.prior_rows(data["vectors"], [str(m) for m in data["models"]], data["rewards"], mask, weight)
 
     def _weight(self, event: RewardEvent) -> float:
         scale_before = self._t_ref
@@ -181,9 +193,22 @@ class NeighbourhoodSelector(ThompsonSelector):
         la, lb = self._neighbour_sums(self.memory, query, slots)
         decay = self._decay(now)
         pa, pb = self._neighbour_sums(self.prior, query, slots)
+        if self.conflict_z2 is not None and self.prior.n and self.memory.n:
+            pa, pb = self._discount(decay * la, decay * lb, pa, pb)
         alpha = np.maximum(alpha + self.lam * (decay * la + pa), 1e-9)
         beta = np.maximum(beta + self.lam * (decay * lb + pb), 1e-9)
         return alpha, beta, penalty, weight, slots
+
+    def _discount(self, la: Any, lb: Any, pa: Any, pb: Any) -> tuple[Any, Any]:
+        """Scale each model's train evidence by exp(-(z² - z0²)/2) where the live neighbours' mean
+        differs from it by z standard errors, z > z0 (a prior-data conflict test; z ≤ z0: kept)."""
+        n_live = la + lb
+        n_prior = pa + pb
+        m_live = la / np.maximum(n_live, 1e-12)
+        m_prior = pa / np.maximum(n_prior, 1e-12)
+        z2 = n_live * (m_live - m_prior) ** 2 / (m_prior * (1.0 - m_prior) + 1e-3)
+        keep = np.exp(-np.maximum(z2 - self.conflict_z2, 0.0) / 2.0)
+        return pa * keep, pb * keep
 
     def _propensity_hits(
         self,
