@@ -1,6 +1,6 @@
 """Two replays of the server's default Layer 2 (``neighbourhood``) that ``compass replay`` does not do.
 
-    python -m ops.bench.replay_layer2 [--data routerbench,split2,routellm] [--seeds 0,1] [--plot docs/replay]
+    python -m ops.bench.replay_layer2 [--data routerbench,split2,routellm] [--seeds 0,1] [--plot docs/replay/default]
 
 **Own history** (``compass train --history``): the first half of each test stream is served by
 today's tier Thompson (cold, the gateway's default before this change), its rewards (bandit
@@ -211,7 +211,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="routerbench,split2,routellm")
     parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--plot", default="docs/replay")
+    parser.add_argument("--plot", default="docs/replay/default")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     results = []
