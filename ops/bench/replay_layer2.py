@@ -1,6 +1,6 @@
 """Two replays of the server's default Layer 2 (``neighbourhood``) that ``compass replay`` does not do.
 
-    python -m ops.bench.replay_layer2 [--data routerbench,split2,routellm] [--seeds 0,1] [--plot docs/replay/default]
+    python -m ops.bench.replay_layer2 [--data routerbench,split2,routellm] [--seeds 0,1]
 
 **Own history** (``compass train --history``): the first half of each test stream is served by
 today's tier Thompson (cold, the gateway's default before this change), its rewards (bandit
