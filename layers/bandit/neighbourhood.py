@@ -5,11 +5,15 @@ router on the same MiniLM embedding routes better than tier-context Thompson), b
 explores nor learns from feedback. This selector is both. For a prompt with embedding ``x``, each
 candidate model ``i`` gets::
 
-    alpha_i = alpha0_i + ctx_weight·A_ctx,i + lam·Σ_j κ_j·A_j,i     (beta likewise with B)
-    κ_j = exp((sim(x, x_j) - 1) / temp)   over the ``k`` nearest remembered rows j
+    alpha_i = s_i·(alpha0_i + A_ctx,i) + lam·Σ_j κ_j·A_j,i     (beta likewise with B)
+    s_i = min(1, ctx_cap / (alpha0_i + A_ctx,i + beta0_i + B_ctx,i))
+    κ_j = exp((sim(x, x_j) - max_j sim) / temp)   over the ``k`` nearest remembered rows j
 
-where ``alpha0`` is the tier (or fitted) prior and ``A_ctx`` the context's decayed sums exactly as
-``ThompsonSelector`` keeps them, and ``A_j,i`` row j's decayed reward sums for model i. The draw,
+where ``alpha0`` is the tier (or fitted) prior, ``A_ctx`` the context's decayed sums exactly as
+``ThompsonSelector`` keeps them (capped at ``ctx_cap`` observations, keeping its mean, so that the
+neighbourhood decides once it has evidence), and ``A_j,i`` row j's decayed reward sums for model
+i. Defaults (k 100, temp 10: nearly kNN's uniform weights, ctx_cap 64, train rows x4) are the ones
+the replay preferred (ops/bench/RESULTS_replay.md); ``kernel: absolute`` uses ``sim - 1``. The draw,
 the cost term, the ranking, the propensity, the half-life and the source weights are the
 Thompson selector's. Rows are keyed by request id: a failure of one model and feedback on the
 fallback model of the same request land in one row. ``prior_rows`` (train data, e.g. from
