@@ -41,7 +41,7 @@ class ClassifierSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tru
 
 
 class SelectorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    backend: str = "thompson"
+    backend: str = "neighbourhood"  # tier-context thompson when the MiniLM embedder is off
     options: dict[str, Any] = {}
     default_cost_weight: float | None = None
 

@@ -255,12 +255,23 @@ class Services:
             return self.fallback_classifier
         return substitute
 
-    async def _start_selector(self) -> None:
+    def make_selector(self) -> Selector:
+        """Layer 2 as configured; a per-prompt selector without the MiniLM embedder is tier Thompson."""
         cfg = self.settings.selector
-        self.selector = build_selector(cfg.backend, dict(cfg.options), self.models)
+        selector = build_selector(cfg.backend, dict(cfg.options), self.models)
+        if selector.uses_embedding and self.embedder is None:
+            from layers.bandit.thompson import DEFAULTS
+
+            options = {k: v for k, v in cfg.options.items() if k in DEFAULTS}
+            log.info("layer 2: no embedder, so %r runs as tier-context thompson", cfg.backend)
+            selector = build_selector("thompson", options, self.models)
+        return selector
+
+    async def _start_selector(self) -> None:
+        self.selector = self.make_selector()
         events = await self.load_reward_events()
         self.selector.rebuild(events)
-        log.info("layer 2: selector %r rebuilt from %d reward events", cfg.backend, len(events))
+        log.info("layer 2: selector %r rebuilt from %d reward events", self.selector.name, len(events))
 
     async def load_reward_events(self) -> list[Any]:
         """The reward rows the selector's state is a fold over, oldest first."""

@@ -96,6 +96,11 @@ class Prompt:
         self._embedding = vector
         return vector
 
+    @property
+    def ready_embedding(self) -> np.ndarray | None:
+        """The embedding if already computed, without waiting or starting one."""
+        return self._embedding
+
     def set_embedding(self, vector: np.ndarray) -> None:
         self._embedding = vector
 

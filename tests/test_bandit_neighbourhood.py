@@ -107,3 +107,38 @@ def test_without_an_embedding_it_is_plain_thompson() -> None:
         for sel in (neighbourhood, thompson)
     ]
     assert abs(rates[0] - rates[1]) < 0.12
+
+
+def test_past_the_ivf_and_the_row_bound_a_rebuild_finds_the_same_neighbours() -> None:
+    """9,000 requests: the memory trains its IVF-SQ8 index (4,096 rows), then hits max_rows (8,192)
+    and drops its oldest quarter; folding the same events again gives the same rows and neighbours."""
+    rng = np.random.default_rng(11)
+    vectors = rng.standard_normal((9000, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    events = [
+        RewardEvent(
+            request_id=f"q{i}",
+            context="medium",
+            model=("small", "mid", "big")[i % 3],
+            reward=float(i % 2),
+            ts=1_700_000_000 + i,
+            embedding=vectors[i],
+        )
+        for i in range(9000)
+    ]
+    selectors = []
+    for _ in range(2):
+        selector = NeighbourhoodSelector({"seed": 1, "max_rows": 8192}, POOL)
+        selector.rebuild(events)
+        selectors.append(selector)
+    first, second = (s.memory for s in selectors)
+    assert first.index is not None and first.n == second.n == 9000 - 2048
+    assert first.request_of[0] == "q2048"  # the oldest quarter went
+    assert first.nbytes() < 9000 * (2 * DIM + DIM + 8 + 8 * 3 + 100) * 1.5
+    for query in vectors[::500]:
+        rows_a, sims_a = first.search(query, 16)
+        rows_b, sims_b = second.search(query, 16)
+        assert rows_a.tolist() == rows_b.tolist() and np.array_equal(sims_a, sims_b)
+    # a remembered vector finds itself first (8-bit codes keep the nearest neighbour)
+    rows, sims = first.search(vectors[8999], 4)
+    assert first.request_of[int(rows[np.argmax(sims)])] == "q8999"

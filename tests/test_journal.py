@@ -76,3 +76,18 @@ def test_a_new_journal_continues_the_numbering(tmp_path: Path) -> None:
     assert len(segments(tmp_path / "j")) == 1
     second = Journal(tmp_path / "j")
     assert second.append(row(2)) > 1
+
+
+def test_a_prompt_vector_survives_the_journal_byte_for_byte(tmp_path: Path) -> None:
+    """Layer 2 files feedback under the request's stored vector: base64 in the journal, BLOB in DuckDB."""
+    import numpy as np
+
+    vector = np.random.default_rng(0).standard_normal(384).astype(np.float32)
+    journal = Journal(tmp_path / "j")
+    journal.append({**row(0), "embedding": vector.tobytes()})
+    journal.append(row(1))
+    con = database(tmp_path)
+    assert recover(con, tmp_path / "j") == 2
+    stored = dict(con.execute("SELECT id, embedding FROM requests").fetchall())
+    assert np.array_equal(np.frombuffer(stored["chatcmpl-0"], dtype=np.float32), vector)
+    assert stored["chatcmpl-1"] is None

@@ -23,6 +23,8 @@ from compass.replay.data import BUNDLE, load_dataset
 from compass.replay.history import evaluate_history, read_history
 from compass.replay.policies import (
     KNN,
+    Default,
+    DefaultTrained,
     Env,
     RandomPolicy,
     Static,
@@ -95,6 +97,8 @@ def test_thompson_beats_random_and_static_tier_map(prep: dict, tmp_path: Path) -
         for ours_cls, baselines in (
             (Thompson, (RandomPolicy, Static, ThompsonPriorOnly)),
             (ThompsonFitted, (RandomPolicy, Static)),
+            (Default, (RandomPolicy,)),  # the server's default, cold (vs static: +0.007, not significant)
+            (DefaultTrained, (RandomPolicy, Static)),
         ):
             ours, se = mean_utility(prep, ours_cls, weight, tmp_path)
             for baseline in baselines:

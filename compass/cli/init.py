@@ -49,7 +49,7 @@ classifier:                  # Layer 1
   #   {device: auto, score: compass_complexity, thresholds: [0.35, 0.65], max_batch: 32}
 
 selector:                    # Layer 2
-  backend: thompson          # thompson (learns from POST /feedback) | static (tier map)
+  backend: neighbourhood     # per-prompt thompson (learns from POST /feedback) | thompson (per tier) | static
   options: {}
 
 cache:                       # Layer 3

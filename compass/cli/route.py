@@ -42,11 +42,7 @@ async def _decision_local(settings: Settings, prompt: str, model: str) -> dict[s
     services.demo = not configured_pool(settings)
     await services._start_embedder()
     await services._start_classifier()
-    from layers.bandit.base import build_selector
-
-    services.selector = build_selector(
-        settings.selector.backend, dict(settings.selector.options), services.models
-    )
+    services.selector = services.make_selector()
     if settings.database_path.exists():
         con = duckdb.connect(str(settings.database_path), read_only=True)
         try:

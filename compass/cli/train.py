@@ -1,6 +1,9 @@
-"""``compass train``: fit Layer 2's Beta priors on a data set's train split, for ``priors_path``.
+"""``compass train``: fit Layer 2's priors (and memory) on a data set's train split or on the
+gateway's own rewarded requests.
 
     compass train --data routerbench --out priors.json --rename gpt-4-1106-preview=gpt-4o
+    compass train --data routerbench --memory memory.npz        # + the per-prompt memory
+    compass train --history ~/.compass --memory memory.npz      # from your own feedback
 
 then in compass.yaml::
 
@@ -65,6 +68,19 @@ def _renames(pairs: tuple[str, ...]) -> dict[str, str]:
     help="Count the train rows as at most this many observations per context (default: all).",
 )
 @click.option("--rename", multiple=True, help="DATASET_MODEL=POOL_MODEL; repeat for each model.")
+@click.option(
+    "--history",
+    type=click.Path(exists=True),
+    default=None,
+    help="Train on the gateway's own rewarded requests: a .duckdb file or a COMPASS_HOME.",
+)
+@click.option(
+    "--memory",
+    "memory_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the neighbourhood selector's memory (.npz) for selector.options.memory_path.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 def train_command(
     data: str,
@@ -74,11 +90,16 @@ def train_command(
     context: str,
     cap: float | None,
     rename: tuple[str, ...],
+    history: str | None,
+    memory_path: str | None,
     as_json: bool,
 ) -> None:
     """Fit per (context, model) Beta priors from a TRAIN split and write the selector's priors JSON."""
     from compass.replay.train import train_priors
 
+    if history is not None:
+        _train_history(history, out_path, memory_path, cap, as_json)
+        return
     try:
         with progress_bars(True) as progress:
             doc = train_priors(data, data_dir, classifier, context, cap, _renames(rename), progress)
@@ -103,3 +124,52 @@ def train_command(
         f"classifier {summary['classifier']})"
     )
     click.echo(f"use it with selector.options.priors_path: {path}")
+    if memory_path:
+        from compass.replay.train import train_memory
+
+        with progress_bars(True) as progress:
+            memory = train_memory(data, data_dir, _renames(rename), progress)
+        _write_memory(memory_path, memory)
+        click.echo(
+            f"wrote {memory_path}: {len(memory['vectors'])} train prompts x {len(memory['models'])} models "
+            f"(held-out k = {int(memory['k'])}); selector.options: "
+            f"{{memory_path: {memory_path}, k: {int(memory['k'])}}}"
+        )
+
+
+def _write_memory(path: str, memory: dict) -> None:
+    import numpy as np
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        np.savez(fh, **memory)
+
+
+def _train_history(
+    history: str, out_path: str, memory_path: str | None, cap: float | None, as_json: bool
+) -> None:
+    from compass.replay.train import train_history
+
+    try:
+        memory, priors = train_history(history, cap)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    path = Path(out_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_clean(priors), indent=1), encoding="utf-8")
+    memory_file = memory_path or str(path.with_suffix(".npz"))
+    _write_memory(memory_file, memory)
+    summary = {
+        "wrote": [str(path), memory_file],
+        **{k: priors["source"][k] for k in ("history", "reward_rows", "requests", "memory_rows", "models")},
+        "contexts": sorted(priors["contexts"]),
+        "selector_options": {"priors_path": str(path), "memory_path": memory_file},
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=1))
+        return
+    click.echo(
+        f"wrote {path} ({len(summary['contexts'])} contexts) and {memory_file} ({summary['memory_rows']} "
+        f"requests with a vector) from {summary['reward_rows']} reward rows in {summary['history']}"
+    )
+    click.echo(f"use them with selector.options: {json.dumps(summary['selector_options'])}")

@@ -27,6 +27,7 @@ from compass.pipeline.routing import (
 )
 from compass.services import Services
 from compass.storage.history import utcnow
+from compass.storage.rewards import embedding_bytes
 from compass.wire.chat import ChatCompletionRequest, last_user_text, messages_as_dicts, upstream_params
 from layers.types import ModelSpec, Prompt
 
@@ -239,7 +240,12 @@ class Exchange:
         from compass.pipeline.feedback import record_failure
 
         record_failure(
-            self.services, self.request_id, decision.selection.context, model.name, self.caller.tenant
+            self.services,
+            self.request_id,
+            decision.selection.context,
+            model.name,
+            self.caller.tenant,
+            decision.embedding,
         )
 
     async def call(self) -> dict[str, Any]:
@@ -338,6 +344,7 @@ class Exchange:
             "status": self.status,
             "error": self.error,
             "demo": self.services.demo,
+            "embedding": embedding_bytes(decision.embedding) if decision else None,
         }
 
     def record(self) -> asyncio.Future[None] | None:

@@ -16,7 +16,7 @@ import msgspec
 
 from compass.errors import InvalidRequest, RequestNotFound
 from compass.services import Services
-from compass.storage.rewards import UNROUTED_CONTEXT
+from compass.storage.rewards import UNROUTED_CONTEXT, embedding_bytes
 from compass.wire.chat import FeedbackRequest
 from layers.bandit.base import RewardEvent
 
@@ -28,10 +28,18 @@ NEGATIVE_REWARD = 0.5  # below this, an answer served from the cache is evicted
 FLEET_WAITS_S = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
 
 
-def record_failure(services: Services, request_id: str, context: str, model: str, tenant: str) -> None:
+def record_failure(
+    services: Services, request_id: str, context: str, model: str, tenant: str, embedding: Any = None
+) -> None:
     """An upstream failure of a chosen model: a zero-reward observation, learned at once."""
     event = RewardEvent(
-        request_id=request_id, context=context, model=model, reward=0.0, ts=time.time(), source="failure"
+        request_id=request_id,
+        context=context,
+        model=model,
+        reward=0.0,
+        ts=time.time(),
+        source="failure",
+        embedding=embedding_bytes(embedding),
     )
     if services.selector is not None:
         services.selector.observe(event)

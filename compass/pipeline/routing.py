@@ -40,6 +40,7 @@ class RouteDecision(msgspec.Struct, kw_only=True):
     classify_ms: float = 0.0
     select_ms: float = 0.0
     prompt_tokens: int = 0
+    embedding: Any = None  # the prompt's vector Layer 2 decided with (stored with the request's rewards)
 
     @property
     def tier(self) -> str | None:
@@ -153,6 +154,7 @@ async def route(
     if cost_weight is None:
         cost_weight = services.settings.selector.default_cost_weight
     assert services.selector is not None
+    embedding = await selector_embedding(services, prompt, method)
     start = time.perf_counter()
     selection = services.selector.select(
         SelectionContext(
@@ -161,6 +163,7 @@ async def route(
             prompt_tokens=tokens,
             expected_completion_tokens=services.settings.upstream.expected_completion_tokens,
             cost_weight=cost_weight,
+            embedding=embedding,
         )
     )
     select_ms = (time.perf_counter() - start) * 1000
@@ -184,7 +187,26 @@ async def route(
         classify_ms=classify_ms,
         select_ms=select_ms,
         prompt_tokens=tokens,
+        embedding=embedding,
     )
+
+
+async def selector_embedding(services: Services, prompt: Prompt, method: str) -> Any:
+    """The prompt's MiniLM vector for a per-prompt selector, never a second forward pass.
+
+    Ready when the embedding classifier computed it. Otherwise, when the cache will embed the
+    prompt next anyway, it is computed now and the cache reuses it (``Prompt`` embeds once); a
+    Layer 1 that fell back (timeout, busy embedder) gets none, and Layer 2 uses the tier context.
+    """
+    if services.selector is None or not services.selector.uses_embedding:
+        return None
+    ready = prompt.ready_embedding
+    if ready is not None or method != "classifier" or services.cache is None or not prompt.has_embedder:
+        return ready
+    try:
+        return await prompt.embedding()
+    except Exception:  # EmbedderBusy or a failed model: route on the tier
+        return None
 
 
 def follow_mapping(

@@ -87,15 +87,7 @@ def _query(con: Any) -> tuple[list[dict[str, Any]], list[RewardEvent]]:
         ORDER BY created_at, id
         """
     ).fetchall()
-    events = [
-        RewardEvent(
-            request_id=r[0], context=r[1], model=r[2], reward=float(r[3]), ts=float(r[4]), source=r[5]
-        )
-        for r in con.execute(
-            "SELECT request_id, context, model, reward, ts, source FROM rewards "
-            "WHERE NOT superseded AND context <> 'unrouted' ORDER BY ts, id"
-        ).fetchall()
-    ]
+    events = reward_events(con)
     keys = [
         "id",
         "ts",
@@ -114,6 +106,33 @@ def _query(con: Any) -> tuple[list[dict[str, Any]], list[RewardEvent]]:
         item["routing"] = json.loads(routing) if isinstance(routing, str) else (routing or {})
         requests.append(item)
     return requests, events
+
+
+def reward_events(con: Any) -> list[RewardEvent]:
+    """The fold's events, with each request's vector (NULL in files from before migration 7)."""
+    columns = {
+        r[0]
+        for r in con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE table_name = 'rewards'"
+        ).fetchall()
+    }
+    vector = "embedding" if "embedding" in columns else "NULL"
+    rows = con.execute(
+        f"SELECT request_id, context, model, reward, ts, source, {vector} FROM rewards "
+        "WHERE NOT superseded AND context <> 'unrouted' ORDER BY ts, id"
+    ).fetchall()
+    return [
+        RewardEvent(
+            request_id=r[0],
+            context=r[1],
+            model=r[2],
+            reward=float(r[3]),
+            ts=float(r[4]),
+            source=r[5],
+            embedding=None if r[6] is None else bytes(r[6]),
+        )
+        for r in rows
+    ]
 
 
 def chosen_rewards(events: list[RewardEvent]) -> dict[tuple[str, str], float]:

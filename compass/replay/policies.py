@@ -17,6 +17,7 @@ import numpy as np
 from compass.replay.data import ReplayData, approx_tokens
 from compass.replay.fit import choose_clusters, choose_knn_k, fit_context_priors, kmeans, knn_estimates
 from layers.bandit.base import RewardEvent, SelectionContext
+from layers.bandit.neighbourhood import NeighbourhoodSelector
 from layers.bandit.static import StaticTierSelector
 from layers.bandit.thompson import ThompsonSelector
 from layers.classifier.base import Classification
@@ -163,9 +164,15 @@ class Thompson(Policy):
             ]
         if self.fitted:
             opts["priors_path"] = env.shared(f"priors:{self.name}", lambda: self._fit(train_cls, opts))
-        self.selector = ThompsonSelector(opts, env.data.specs, clock=lambda: self.step)
+        self.selector = self.make_selector(opts)
         self.index = {m: k for k, m in enumerate(env.data.models)}
         self.contexts = [self.selector.context_of(c) for c in self.cls]
+
+    def make_selector(self, opts: dict[str, Any]) -> ThompsonSelector:
+        return ThompsonSelector(opts, self.env.data.specs, clock=lambda: self.step)
+
+    def vector(self, i: int) -> Any:
+        return None
 
     def _fit(self, train_cls: list[Classification], opts: dict[str, Any]) -> str:
         mode = opts.get("context", "tier")
@@ -175,7 +182,9 @@ class Thompson(Policy):
         return str(path)
 
     def choose(self, i: int) -> int:
-        return self.index[self.selector.select(selection_context(self.env, i, self.cls[i])).model]
+        ctx = selection_context(self.env, i, self.cls[i])
+        ctx.embedding = self.vector(i)
+        return self.index[self.selector.select(ctx).model]
 
     def update(self, i: int, arm: int, reward: float, step: int) -> None:
         self.step = float(step)
@@ -188,8 +197,40 @@ class Thompson(Policy):
                     reward=reward,
                     ts=float(step),
                     source="offline",
+                    embedding=self.vector(i),
                 )
             )
+
+
+class Default(Thompson):
+    """What the server runs by default (``selector.backend: neighbourhood``, default options, no
+    train data): Thompson over each prompt's neighbourhood of rewarded requests, learning online."""
+
+    name = "default"
+
+    def make_selector(self, opts: dict[str, Any]) -> ThompsonSelector:
+        return NeighbourhoodSelector(opts, self.env.data.specs, clock=lambda: self.step)
+
+    def vector(self, i: int) -> Any:
+        return self.env.test_vecs[i]
+
+
+class DefaultTrained(Default):
+    """The default with its memory built from the TRAIN split (what ``compass train --memory`` writes):
+    every train prompt a prior row with all its models' rewards, then learning online."""
+
+    name = "default_trained"
+    uses_train = True
+    train_columns: ClassVar[list[int] | None] = None  # models with train rows (None: all)
+
+    def make_selector(self, opts: dict[str, Any]) -> ThompsonSelector:
+        env, data = self.env, self.env.data
+        # k as `compass train --memory` picks it: held-out error on the train split (kNN's k)
+        k = env.shared("knn_k", lambda: choose_knn_k(env.train_vecs, data.train.rewards))
+        selector = NeighbourhoodSelector({"k": k, **opts}, data.specs, clock=lambda: self.step)
+        cols = list(range(len(data.models))) if self.train_columns is None else self.train_columns
+        selector.prior_rows(env.train_vecs, [data.models[j] for j in cols], data.train.rewards[:, cols])
+        return selector
 
 
 class ThompsonPriorOnly(Thompson):
@@ -287,6 +328,8 @@ POLICIES: list[type[Policy]] = [
     ThompsonPriorOnly,
     EpsilonGreedy,
     KNN,
+    Default,
+    DefaultTrained,
     Thompson,
     ThompsonFitted,
     ThompsonTaskFitted,

@@ -71,6 +71,7 @@ REQUEST_COLUMNS: dict[str, str] = {
     "status": "int32",
     "error": "string",
     "demo": "bool",
+    "embedding": "binary",  # the prompt's MiniLM vector (float32 bytes) when Layer 2 used one
 }
 
 _JSON = msgspec.json.Encoder()
@@ -86,6 +87,7 @@ def _arrow_schema() -> Any:
         "bool": pa.bool_(),
         "float64": pa.float64(),
         "int32": pa.int32(),
+        "binary": pa.binary(),
     }
     return pa.schema([(name, types[kind]) for name, kind in REQUEST_COLUMNS.items()])
 

@@ -23,6 +23,7 @@ replayed one, and ``bytes`` is what is on disk, for the spool's bound.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import logging
 import os
@@ -145,7 +146,9 @@ class Journal:
             )
 
 
-def read_rows(path: Path, timestamp_columns: tuple[str, ...]) -> list[dict[str, Any]]:
+def read_rows(
+    path: Path, timestamp_columns: tuple[str, ...], binary_columns: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
     rows = []
     for number, line in enumerate(path.read_bytes().splitlines(), 1):
         try:
@@ -156,6 +159,9 @@ def read_rows(path: Path, timestamp_columns: tuple[str, ...]) -> list[dict[str, 
         for column in timestamp_columns:
             if isinstance(row.get(column), str):
                 row[column] = dt.datetime.fromisoformat(row[column])
+        for column in binary_columns:  # msgspec writes bytes as base64
+            if isinstance(row.get(column), str):
+                row[column] = base64.b64decode(row[column])
         rows.append(row)
     return rows
 
@@ -170,7 +176,8 @@ def recover(con: Any, directory: Path) -> int:
     if not found:
         return 0
     timestamps = tuple(name for name, kind in REQUEST_COLUMNS.items() if kind == "timestamp")
-    rows = [row for path in found for row in read_rows(path, timestamps)]
+    binary = tuple(name for name, kind in REQUEST_COLUMNS.items() if kind == "binary")
+    rows = [row for path in found for row in read_rows(path, timestamps, binary)]
     ids = list({row["id"] for row in rows if row.get("id")})
     present: set[str] = set()
     for start in range(0, len(ids), 1000):

@@ -191,3 +191,15 @@ def responses_table(con: duckdb.DuckDBPyConnection) -> None:
         )
         """
     )
+
+
+@migration
+def embedding_columns(con: duckdb.DuckDBPyConnection) -> None:
+    """The prompt's MiniLM vector (384 float32, 1,536 bytes) on requests and rewards.
+
+    Layer 2's per-prompt selector (``neighbourhood``) files each reward under the request's vector;
+    the reward row carries its own copy, so retention pruning requests never changes the fold.
+    NULL where no embedding was computed (the selector then learns only the tier context).
+    """
+    con.execute("ALTER TABLE requests ADD COLUMN embedding BLOB")
+    con.execute("ALTER TABLE rewards ADD COLUMN embedding BLOB")

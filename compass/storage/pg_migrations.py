@@ -199,3 +199,10 @@ def fleet_events_table(con: Any) -> None:
     )
     con.execute("CREATE INDEX fleet_events_xid ON fleet_events (xid)")
     con.execute("CREATE INDEX fleet_events_created_at ON fleet_events (created_at)")
+
+
+@pg_migration
+def embedding_columns(con: Any) -> None:
+    """The prompt's MiniLM vector (float32 bytes) on requests and rewards; see DuckDB's migration."""
+    con.execute("ALTER TABLE requests ADD COLUMN embedding BYTEA")
+    con.execute("ALTER TABLE rewards ADD COLUMN embedding BYTEA")

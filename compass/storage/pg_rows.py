@@ -7,13 +7,21 @@ in its transaction, which the other replicas follow (compass/storage/fleet_log.p
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import msgspec
 
 from compass.storage.fleet_log import Position, current_position, emit
 from compass.storage.history import REQUEST_COLUMNS
-from compass.storage.rewards import UNROUTED_CONTEXT, reward_insert
+from compass.storage.rewards import (
+    EVENT_COLUMNS,
+    UNROUTED_CONTEXT,
+    embedding_bytes,
+    event_of,
+    feedback_event,
+    reward_insert,
+)
 from layers.bandit.base import RewardEvent
 
 _JSON = msgspec.json.Encoder()
@@ -58,7 +66,7 @@ def insert_reward_pg(
     """Insert a reward and its ``reward`` event in one transaction (other replicas follow it)."""
     with con.transaction():
         reward_id = _insert_reward(con, event, tenant, comment)
-        emit(con, origin, "reward", {"event": _event_json(event), "replaced": []})
+        emit(con, origin, "reward", {"event": event_json(event), "replaced": []})
     return reward_id
 
 
@@ -68,7 +76,9 @@ def _insert_reward(con: Any, event: RewardEvent, tenant: str | None, comment: st
     return reward_id
 
 
-def _event_json(event: RewardEvent) -> dict[str, Any]:
+def event_json(event: RewardEvent) -> dict[str, Any]:
+    """A reward event's payload; the vector (per-prompt Layer 2) as base64 of its float32 bytes."""
+    vector = embedding_bytes(event.embedding)
     return {
         "request_id": event.request_id,
         "context": event.context,
@@ -76,11 +86,15 @@ def _event_json(event: RewardEvent) -> dict[str, Any]:
         "reward": event.reward,
         "ts": event.ts,
         "source": event.source,
+        "embedding": None if vector is None else base64.b64encode(vector).decode(),
     }
 
 
 def reward_event_of(payload: dict[str, Any]) -> RewardEvent:
-    return msgspec.convert(payload, RewardEvent)
+    fields = dict(payload)
+    if isinstance(fields.get("embedding"), str):
+        fields["embedding"] = base64.b64decode(fields["embedding"])
+    return msgspec.convert(fields, RewardEvent)
 
 
 def rebuild_rewards_pg(con: Any) -> tuple[list[RewardEvent], Position]:
@@ -101,15 +115,12 @@ def load_reward_events_pg(con: Any, after_seq: int = 0) -> tuple[list[RewardEven
     ``load_reward_events``, so the posteriors fold identically.
     """
     rows = con.execute(
-        "SELECT request_id, context, model, reward, ts, source, seq FROM rewards"
+        f"SELECT {EVENT_COLUMNS}, seq FROM rewards"
         " WHERE NOT superseded AND context <> %s AND seq > %s ORDER BY ts, id",
         [UNROUTED_CONTEXT, after_seq],
     ).fetchall()
-    events = [
-        RewardEvent(request_id=r[0], context=r[1], model=r[2], reward=r[3], ts=r[4], source=r[5])
-        for r in rows
-    ]
-    watermark = max((r[6] for r in rows), default=after_seq)
+    events = [event_of(r) for r in rows]
+    watermark = max((r[7] for r in rows), default=after_seq)
     return events, watermark
 
 
@@ -133,29 +144,24 @@ def apply_feedback_pg(
         params.append(tenant)
     with con.transaction():
         row = con.execute(
-            "SELECT model, context, tenant, cache_entry_id, cache_status FROM requests"
+            "SELECT model, context, tenant, cache_entry_id, cache_status, embedding FROM requests"
             f" WHERE {where} FOR UPDATE",
             params,
         ).fetchone()
         if row is None or row[0] is None:
             return None
-        model, context, row_tenant, cache_entry_id, cache_status = row
+        model, context, row_tenant, cache_entry_id, cache_status, vector = row
         context = context or UNROUTED_CONTEXT
         earlier = con.execute(
             "UPDATE rewards SET superseded = TRUE"
             " WHERE request_id = %s AND source = 'feedback' AND NOT superseded"
-            " RETURNING request_id, context, model, reward, ts, source",
+            f" RETURNING {EVENT_COLUMNS}",
             [request_id],
         ).fetchall()
-        event = RewardEvent(
-            request_id=request_id, context=context, model=model, reward=reward, ts=ts, source="feedback"
-        )
+        event = feedback_event(request_id, context, model, reward, ts, vector)
         _insert_reward(con, event, row_tenant, comment)
-        replaced = [
-            RewardEvent(request_id=r[0], context=r[1], model=r[2], reward=r[3], ts=r[4], source=r[5])
-            for r in earlier
-        ]
-        payload = {"event": _event_json(event), "replaced": [_event_json(e) for e in replaced]}
+        replaced = [event_of(r) for r in earlier]
+        payload = {"event": event_json(event), "replaced": [event_json(e) for e in replaced]}
         emit(con, origin, "reward", payload)
     return {
         "event": event,

@@ -15,19 +15,45 @@ from layers.bandit.base import RewardEvent
 UNROUTED_CONTEXT = "unrouted"  # requests that named a pool model: stored, not learned from
 
 
+# The columns a RewardEvent is read back from, in its fields' order (both stores).
+EVENT_COLUMNS = "request_id, context, model, reward, ts, source, embedding"
+
+
+def event_of(row: Any) -> RewardEvent:
+    """A ``RewardEvent`` from a row of ``EVENT_COLUMNS`` (the embedding as float32 bytes or None)."""
+    vector = None if row[6] is None else bytes(row[6])
+    return RewardEvent(
+        request_id=row[0],
+        context=row[1],
+        model=row[2],
+        reward=row[3],
+        ts=row[4],
+        source=row[5],
+        embedding=vector,
+    )
+
+
+def embedding_bytes(value: Any) -> bytes | None:
+    """The float32 bytes stored for a vector (an array, a list or bytes); None if absent."""
+    if value is None:
+        return None
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    import numpy as np
+
+    return np.ascontiguousarray(value, dtype=np.float32).reshape(-1).tobytes()
+
+
 def load_reward_events(con: Any) -> list[RewardEvent]:
     rows = con.execute(
-        """
-        SELECT request_id, context, model, reward, ts, source FROM rewards
+        f"""
+        SELECT {EVENT_COLUMNS} FROM rewards
         WHERE NOT superseded AND context <> ?
         ORDER BY ts, id
         """,
         [UNROUTED_CONTEXT],
     ).fetchall()
-    return [
-        RewardEvent(request_id=r[0], context=r[1], model=r[2], reward=r[3], ts=r[4], source=r[5])
-        for r in rows
-    ]
+    return [event_of(r) for r in rows]
 
 
 REWARD_COLUMNS = (
@@ -41,6 +67,7 @@ REWARD_COLUMNS = (
     "reward",
     "source",
     "comment",
+    "embedding",
 )
 
 
@@ -68,6 +95,7 @@ def reward_insert(
             event.reward,
             event.source,
             comment,
+            embedding_bytes(event.embedding),
         ],
     )
 
@@ -88,37 +116,47 @@ def apply_feedback(
         where += " AND tenant = ?"
         params.append(tenant)
     row = con.execute(
-        f"SELECT model, context, tenant, cache_entry_id, cache_status FROM requests WHERE {where}", params
+        f"SELECT model, context, tenant, cache_entry_id, cache_status, embedding FROM requests WHERE {where}",
+        params,
     ).fetchone()
     if row is None or row[0] is None:
         return None
-    model, context, row_tenant, cache_entry_id, cache_status = row
+    model, context, row_tenant, cache_entry_id, cache_status, vector = row
     context = context or UNROUTED_CONTEXT
     con.execute("BEGIN TRANSACTION")
     try:
         earlier = con.execute(
-            "SELECT request_id, context, model, reward, ts, source FROM rewards"
+            f"SELECT {EVENT_COLUMNS} FROM rewards"
             " WHERE request_id = ? AND source = 'feedback' AND NOT superseded",
             [request_id],
         ).fetchall()
         con.execute(
             "UPDATE rewards SET superseded = TRUE WHERE request_id = ? AND source = 'feedback'", [request_id]
         )
-        event = RewardEvent(
-            request_id=request_id, context=context, model=model, reward=reward, ts=ts, source="feedback"
-        )
+        event = feedback_event(request_id, context, model, reward, ts, vector)
         insert_reward(con, event, row_tenant, comment)
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
         raise
-    replaced = [
-        RewardEvent(request_id=r[0], context=r[1], model=r[2], reward=r[3], ts=r[4], source=r[5])
-        for r in earlier
-    ]
+    replaced = [event_of(r) for r in earlier]
     return {
         "event": event,
         "replaced": replaced,
         "cache_entry_id": cache_entry_id,
         "cache_status": cache_status,
     }
+
+
+def feedback_event(
+    request_id: str, context: str, model: str, reward: float, ts: float, vector: Any
+) -> RewardEvent:
+    return RewardEvent(
+        request_id=request_id,
+        context=context,
+        model=model,
+        reward=reward,
+        ts=ts,
+        source="feedback",
+        embedding=None if vector is None else bytes(vector),
+    )

@@ -32,6 +32,7 @@ twice or losing a dead one's.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import fcntl
 import logging
@@ -52,6 +53,9 @@ log = logging.getLogger("compass.spool")
 
 REWARD_KIND = "reward"  # a spooled reward line: {"kind": "reward", "row": [REWARD_COLUMNS values]}
 TIMESTAMPS = tuple(name for name, kind in REQUEST_COLUMNS.items() if kind == "timestamp")
+BINARY = tuple(name for name, kind in REQUEST_COLUMNS.items() if kind == "binary")  # base64 on disk
+_EVENT_FIELDS = ("request_id", "context", "model", "reward", "ts", "source", "embedding")
+_REWARD_BINARY = tuple(i for i, name in enumerate(REWARD_COLUMNS) if name == "embedding")
 _TICK: dict[str, Any] = {}  # wakes the writer while the store is down and no rows arrive
 
 
@@ -86,6 +90,9 @@ def _split(items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[list
             row = list(item["row"])
             if isinstance(row[1], str):  # created_at, as JSON wrote it
                 row[1] = dt.datetime.fromisoformat(row[1])
+            for i in _REWARD_BINARY:  # the vector, as base64
+                if i < len(row) and isinstance(row[i], str):
+                    row[i] = base64.b64decode(row[i])
             rewards.append(row)
         else:
             requests.append(item)
@@ -101,6 +108,8 @@ def insert_reward_rows_pg(con: Any, rows: list[list[Any]], origin: str = "") -> 
     if not rows:
         return
     from compass.storage.fleet_log import emit
+    from compass.storage.pg_rows import event_json
+    from layers.bandit.base import RewardEvent
 
     marks = "(" + ", ".join("%s" for _ in REWARD_COLUMNS) + ")"
     sql = (
@@ -112,8 +121,8 @@ def insert_reward_rows_pg(con: Any, rows: list[list[Any]], origin: str = "") -> 
         for row in rows:
             if con.execute(sql, row).fetchone() is None:
                 continue  # written before (a segment replayed twice)
-            event = {k: row[at[k]] for k in ("request_id", "context", "model", "reward", "ts", "source")}
-            emit(con, origin, "reward", {"event": event, "replaced": []})
+            event = RewardEvent(**{k: row[at[k]] for k in _EVENT_FIELDS})
+            emit(con, origin, "reward", {"event": event_json(event), "replaced": []})
 
 
 def write_items(con: Any, requests: list[dict[str, Any]], rewards: list[list[Any]], origin: str = "") -> None:
@@ -127,7 +136,7 @@ def replay_segment(con: Any, path: Path, batch_size: int = 512, origin: str = ""
     """Write one segment's rows to PostgreSQL (idempotent); returns how many lines it held."""
     if not path.exists():
         return 0
-    items = read_rows(path, TIMESTAMPS)
+    items = read_rows(path, TIMESTAMPS, BINARY)
     for start in range(0, len(items), batch_size):
         write_items(con, *_split(items[start : start + batch_size]), origin)
     return len(items)

@@ -1,18 +1,21 @@
 """The neighbourhood memory of Layer 2: one row per rewarded request (its MiniLM vector and, per
 model, the decayed reward sums), searched by cosine similarity.
 
-Rows ``[0, built)`` live in a FAISS IVF-Flat index, added in chunks of ``chunk`` rows; rows
-``[built, n)`` (fewer than ``chunk``) sit in a flat index searched exactly. The IVF's coarse
-centroids are k-means (fixed seed, one thread) over the rows held when the memory first reaches
-``FIRST_TRAIN`` rows (64 lists) and again at ``SECOND_TRAIN`` (512 lists, every row re-added), so the index
-depends only on the order rows were added: a rebuild from the same events finds the same
-neighbours. Past ``max_rows`` the oldest quarter of the rows is dropped and the index rebuilt from
-the rest (the same rule live and on rebuild). Single-query searches stay off BLAS (FAISS's own
-SIMD loop), which matters on a loaded machine where a threaded BLAS gemv can take milliseconds.
+Rows ``[0, built)`` live in a FAISS IVF index with 8-bit scalar-quantised vectors (``IVF-SQ8``),
+added in chunks of ``chunk`` rows; rows ``[built, n)`` (fewer than ``chunk``) sit in a flat
+float32 index searched exactly. The IVF's coarse centroids and quantiser ranges are trained (fixed
+seed, one thread) over the rows held when the memory first reaches ``FIRST_TRAIN`` rows (64 lists)
+and again at ``SECOND_TRAIN`` (512 lists, every row re-added), so the index depends only on the
+order rows were added: a rebuild from the same events finds the same neighbours. Past
+``max_rows`` the oldest quarter of the rows is dropped and the index rebuilt from the rest (the
+same rule live and on rebuild). Searches run on one FAISS thread, off BLAS, which matters on a
+loaded machine where a threaded gemv can take milliseconds.
 
-Memory: ``rows · (8·dim + 8·slots + ~80)`` bytes (vectors kept here and in the index, float32 sums
-per model, the request-id map); 384 dims and 40 models: ~3.5 KB a row, measured in
-``ops/bench/bandit.py --memory``. ``max_rows`` (default 200,000) bounds it.
+Memory per row: the vector twice (float16 here, for retraining and compaction: ``2·dim`` bytes;
+8-bit codes and an id in the index: ``dim + 8``), the float32 sums (``8·slots``) and the
+request-id map (~100 bytes): 384 dims and 40 models ≈ 1.6 KB a row, so the default ``max_rows``
+(200,000) bounds it near 320 MB whatever the number of rewards (``ops/bench/bandit.py --neighbourhood``
+measures it at 1M remembered rewards).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ class NeighbourMemory:
         self.reset()
 
     def reset(self) -> None:
-        self.vec = np.zeros((0, self.dim), dtype=np.float32)
+        self.vec = np.zeros((0, self.dim), dtype=np.float16)
         self.sa = np.zeros((0, 0), dtype=np.float32)
         self.sb = np.zeros((0, 0), dtype=np.float32)
         self.n = 0
@@ -57,7 +60,7 @@ class NeighbourMemory:
         cap, width = self.vec.shape[0], self.sa.shape[1]
         if rows > cap:
             new = min(max(rows, 2 * cap, 1024), self.max_rows)
-            self.vec = np.concatenate([self.vec, np.zeros((new - cap, self.dim), np.float32)])
+            self.vec = np.concatenate([self.vec, np.zeros((new - cap, self.dim), np.float16)])
             self.sa = np.concatenate([self.sa, np.zeros((new - cap, width), np.float32)])
             self.sb = np.concatenate([self.sb, np.zeros((new - cap, width), np.float32)])
         if slots > width:
@@ -115,19 +118,24 @@ class NeighbourMemory:
             lists = 512 if end >= SECOND_TRAIN else 64
             if self.index is None or (lists > self.nlist):
                 quantizer = faiss.IndexFlatIP(self.dim)
-                index = faiss.IndexIVFFlat(quantizer, self.dim, lists, faiss.METRIC_INNER_PRODUCT)
+                index = faiss.IndexIVFScalarQuantizer(
+                    quantizer, self.dim, lists, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+                )
                 index.cp.seed = 1234
                 index.cp.niter = 10
-                index.train(np.ascontiguousarray(self.vec[:end]))
-                index.add(np.ascontiguousarray(self.vec[:end]))
+                index.train(self._f32(0, end))
+                index.add(self._f32(0, end))
                 self.index, self.quantizer, self.nlist = index, quantizer, lists
             else:
-                self.index.add(np.ascontiguousarray(self.vec[self.built : end]))
+                self.index.add(self._f32(self.built, end))
             self.index.nprobe = min(self.nprobe, self.nlist)
         finally:
             faiss.omp_set_num_threads(threads)
         self.built = end
         self.tail = None
+
+    def _f32(self, start: int, end: int) -> np.ndarray:
+        return np.ascontiguousarray(self.vec[start:end], dtype=np.float32)
 
     # ---- search ----------------------------------------------------------------------------
 
@@ -138,7 +146,7 @@ class NeighbourMemory:
             self.tail = faiss.IndexFlatIP(self.dim)
             self.tail_n = self.built
         if self.tail_n < self.n:
-            self.tail.add(np.ascontiguousarray(self.vec[self.tail_n : self.n]))
+            self.tail.add(self._f32(self.tail_n, self.n))
             self.tail_n = self.n
         return self.tail
 
@@ -146,26 +154,30 @@ class NeighbourMemory:
         """Up to ``k`` nearest rows (IVF over the indexed rows, exact over the tail), best first."""
         if self.n == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        import faiss
+
+        if faiss.omp_get_max_threads() != 1:
+            faiss.omp_set_num_threads(1)  # single queries: threads only add overhead
         q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
-        rows_parts, sims_parts = [], []
+        parts = []
         if self.n > self.built:
             sims, ids = self._tail_index().search(q, k)
-            ok = ids[0] >= 0
-            rows_parts.append(ids[0][ok] + self.built)
-            sims_parts.append(sims[0][ok])
+            parts.append((ids[0] + self.built, sims[0], ids[0] >= 0))
         if self.index is not None:
             sims, ids = self.index.search(q, k)
-            ok = ids[0] >= 0
-            rows_parts.append(ids[0][ok])
-            sims_parts.append(sims[0][ok])
-        rows = np.concatenate(rows_parts)
-        sims = np.concatenate(sims_parts)
+            parts.append((ids[0], sims[0], ids[0] >= 0))
+        if len(parts) == 1:
+            rows, sims, ok = parts[0]
+            return rows[ok], sims[ok]
+        rows = np.concatenate([p[0][p[2]] for p in parts])
+        sims = np.concatenate([p[1][p[2]] for p in parts])
         if len(rows) > k:
             top = np.argpartition(-sims, k - 1)[:k]
             rows, sims = rows[top], sims[top]
         return rows, sims
 
     def nbytes(self) -> int:
-        held = 0 if self.index is None else self.index.ntotal * (4 * self.dim + 8) + self.nlist * 4 * self.dim
+        held = 0 if self.index is None else self.index.ntotal * (self.dim + 8) + self.nlist * 4 * self.dim
         tail = 0 if self.tail is None else self.tail.ntotal * 4 * self.dim
-        return int(self.vec.nbytes + self.sa.nbytes + self.sb.nbytes + held + tail)
+        ids = 100 * len(self.request_of)  # dict entry + list slot + the id string, roughly
+        return int(self.vec.nbytes + self.sa.nbytes + self.sb.nbytes + held + tail + ids)

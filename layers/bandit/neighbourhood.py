@@ -5,11 +5,15 @@ router on the same MiniLM embedding routes better than tier-context Thompson), b
 explores nor learns from feedback. This selector is both. For a prompt with embedding ``x``, each
 candidate model ``i`` gets::
 
-    alpha_i = alpha0_i + ctx_weight·A_ctx,i + lam·Σ_j κ_j·A_j,i     (beta likewise with B)
-    κ_j = exp((sim(x, x_j) - 1) / temp)   over the ``k`` nearest remembered rows j
+    alpha_i = s_i·(alpha0_i + A_ctx,i) + lam·Σ_j κ_j·A_j,i     (beta likewise with B)
+    s_i = min(1, ctx_cap / (alpha0_i + A_ctx,i + beta0_i + B_ctx,i))
+    κ_j = exp((sim(x, x_j) - max_j sim) / temp)   over the ``k`` nearest remembered rows j
 
-where ``alpha0`` is the tier (or fitted) prior and ``A_ctx`` the context's decayed sums exactly as
-``ThompsonSelector`` keeps them, and ``A_j,i`` row j's decayed reward sums for model i. The draw,
+where ``alpha0`` is the tier (or fitted) prior, ``A_ctx`` the context's decayed sums exactly as
+``ThompsonSelector`` keeps them (capped at ``ctx_cap`` observations, keeping its mean, so that the
+neighbourhood decides once it has evidence), and ``A_j,i`` row j's decayed reward sums for model
+i. Defaults (k 100, temp 10: nearly kNN's uniform weights, ctx_cap 64, train rows x4) are the ones
+the replay preferred (ops/bench/RESULTS_replay.md); ``kernel: absolute`` uses ``sim - 1``. The draw,
 the cost term, the ranking, the propensity, the half-life and the source weights are the
 Thompson selector's. Rows are keyed by request id: a failure of one model and feedback on the
 fallback model of the same request land in one row. ``prior_rows`` (train data, e.g. from
@@ -36,13 +40,18 @@ from layers.bandit.thompson import ThompsonSelector
 from layers.types import ModelSpec
 
 NEIGHBOUR_DEFAULTS: dict[str, Any] = {
-    "k": 32,
-    "temp": 0.1,
+    "k": 100,
+    "temp": 10.0,
     "lam": 1.0,
     "ctx_weight": 1.0,
-    "prior_weight": 1.0,
+    "ctx_cap": 64.0,  # the context posterior counts as at most this many observations (keeps its mean)
+    "kernel": "relative",  # absolute: exp((sim - 1)/temp); relative: exp((sim - nearest sim)/temp)
+    "prior_weight": 4.0,
+    # Train rows are discounted per model where live neighbours contradict them by more than this
+    # many standard errors (None: never): a regressed model cannot hide behind its benchmark.
+    "conflict_z": None,
     "max_rows": 200_000,
-    "chunk": 512,
+    "chunk": 256,
     "nprobe": 8,
     "dim": 384,
     "memory_path": None,  # .npz with vectors, models, rewards (and mask) as prior rows
@@ -79,6 +88,13 @@ class NeighbourhoodSelector(ThompsonSelector):
         self.temp = float(self.nopts["temp"])
         self.lam = float(self.nopts["lam"])
         self.ctx_weight = float(self.nopts["ctx_weight"])
+        cap = self.nopts["ctx_cap"]
+        self.ctx_cap = None if cap is None else float(cap)
+        if self.nopts["kernel"] not in ("absolute", "relative"):
+            raise ValueError("neighbourhood option 'kernel' must be 'absolute' or 'relative'")
+        self.relative = self.nopts["kernel"] == "relative"
+        z = self.nopts["conflict_z"]
+        self.conflict_z2 = None if z is None else float(z) ** 2
         self.memory = NeighbourMemory(
             int(self.nopts["dim"]),
             int(self.nopts["max_rows"]),
@@ -98,12 +114,18 @@ class NeighbourhoodSelector(ThompsonSelector):
             self.memory.reset()
 
     def prior_rows(
-        self, vectors: np.ndarray, models: list[str], rewards: np.ndarray, mask: Any = None
+        self,
+        vectors: np.ndarray,
+        models: list[str],
+        rewards: np.ndarray,
+        mask: Any = None,
+        weight: float | None = None,
     ) -> None:
-        """Train rows: one per prompt, rewards (prompts, models) in [0, 1]; ``mask`` marks observed."""
+        """Train rows: one per prompt, rewards (prompts, models) in [0, 1]; ``mask`` marks observed;
+        each observation counts ``weight`` times (default the ``prior_weight`` option)."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         slots = [self._slot(m) for m in models]
-        w = float(self.nopts["prior_weight"])
+        w = float(self.nopts["prior_weight"] if weight is None else weight)
         seen = np.ones_like(rewards, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
         base = self.prior.n
         for j, vec in enumerate(vectors):
@@ -118,7 +140,8 @@ class NeighbourhoodSelector(ThompsonSelector):
     def load_prior_rows(self, path: str) -> None:
         data = np.load(path, allow_pickle=False)
         mask = data["mask"] if "mask" in data.files else None
-        self.prior_rows(data["vectors"], [str(m) for m in data["models"]], data["rewards"], mask)
+        weight = float(data["weight"]) if "weight" in data.files else None  # history rows: 1
+        self.prior_rows(data["vectors"], [str(m) for m in data["models"]], data["rewards"], mask, weight)
 
     def _weight(self, event: RewardEvent) -> float:
         scale_before = self._t_ref
@@ -144,14 +167,17 @@ class NeighbourhoodSelector(ThompsonSelector):
         rows, sims = mem.search(query, self.k)
         if len(rows) == 0:
             return 0.0, 0.0
-        kappa = np.exp((sims.astype(np.float64) - 1.0) / self.temp)
+        ref = float(sims.max()) if self.relative else 1.0
+        kappa = np.exp((sims.astype(np.float64) - ref) / self.temp)
         width = mem.sa.shape[1]
         ok = slots < width
         a = np.zeros(len(slots))
         b = np.zeros(len(slots))
-        if ok.any():
-            a[ok] = kappa @ mem.sa[rows][:, slots[ok]]
-            b[ok] = kappa @ mem.sb[rows][:, slots[ok]]
+        if ok.any():  # multiply-and-sum, not a BLAS gemv: threaded BLAS stalls on a busy machine
+            cols = slots[ok]
+            weights = kappa[:, None]
+            a[ok] = (mem.sa[rows[:, None], cols] * weights).sum(axis=0)
+            b[ok] = (mem.sb[rows[:, None], cols] * weights).sum(axis=0)
         return a, b
 
     def _inputs(
@@ -165,12 +191,28 @@ class NeighbourhoodSelector(ThompsonSelector):
             a0, b0 = self._prior(context)
             alpha = a0[slots] + self.ctx_weight * (alpha - a0[slots])
             beta = b0[slots] + self.ctx_weight * (beta - b0[slots])
+        if self.ctx_cap is not None:
+            shrink = np.minimum(1.0, self.ctx_cap / (alpha + beta))
+            alpha, beta = alpha * shrink, beta * shrink
         la, lb = self._neighbour_sums(self.memory, query, slots)
         decay = self._decay(now)
         pa, pb = self._neighbour_sums(self.prior, query, slots)
+        if self.conflict_z2 is not None and self.prior.n and self.memory.n:
+            pa, pb = self._discount(decay * la, decay * lb, pa, pb)
         alpha = np.maximum(alpha + self.lam * (decay * la + pa), 1e-9)
         beta = np.maximum(beta + self.lam * (decay * lb + pb), 1e-9)
         return alpha, beta, penalty, weight, slots
+
+    def _discount(self, la: Any, lb: Any, pa: Any, pb: Any) -> tuple[Any, Any]:
+        """Scale each model's train evidence by exp(-(z² - z0²)/2) where the live neighbours' mean
+        differs from it by z standard errors, z > z0 (a prior-data conflict test; z ≤ z0: kept)."""
+        n_live = la + lb
+        n_prior = pa + pb
+        m_live = la / np.maximum(n_live, 1e-12)
+        m_prior = pa / np.maximum(n_prior, 1e-12)
+        z2 = n_live * (m_live - m_prior) ** 2 / (m_prior * (1.0 - m_prior) + 1e-3)
+        keep = np.exp(-np.maximum(z2 - self.conflict_z2, 0.0) / 2.0)
+        return pa * keep, pb * keep
 
     def _propensity_hits(
         self,

@@ -159,7 +159,17 @@ def main() -> None:
     parser.add_argument("--decisions", type=int, default=3000, help="decisions per repeat")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="500 decisions x 3 repeats, no propensity check")
+    parser.add_argument(
+        "--neighbourhood", action="store_true", help="the per-prompt selector instead (40 models)"
+    )
+    parser.add_argument("--rows", type=int, default=100_000, help="--neighbourhood: remembered rewards")
+    parser.add_argument(
+        "--memory-rows", type=int, default=0, help="--neighbourhood: also measure memory at this many"
+    )
     args = parser.parse_args()
+    if args.neighbourhood:
+        neighbourhood_main(args.rows, args.memory_rows, args.decisions)
+        return
     decisions, repeats = (500, 3) if args.quick else (args.decisions, args.repeats)
     results: list[dict[str, Any]] = []
     rows = []
@@ -207,6 +217,34 @@ def main() -> None:
             "table_md": table,
         },
     )
+    print(f"wrote {path}")
+
+
+def neighbourhood_main(rows: int, memory_rows: int, decisions: int) -> None:
+    from ops.bench import bandit_neighbourhood as nbh
+
+    result = nbh.run(make_pool(40), rows, memory_rows, decisions)
+    table_rows = [
+        [name, f"{t['p50_ms']:.4f}", f"{t['p99_ms']:.4f}", f"{t['mean_ms']:.4f}"]
+        for name, t in result["timing"].items()
+    ]
+    table = print_table(
+        f"select() per decision, 40 models, {rows:,} remembered rewards (ms)",
+        ["selector", "p50", "p99", "mean"],
+        table_rows,
+    )
+    p50 = result["timing"]["neighbourhood"]["p50_ms"]
+    print(
+        f"neighbourhood p50 {p50:.4f} ms (target <= {nbh.TARGET_MS} ms), {result['ratio_p50']:.2f}x thompson"
+    )
+    print(f"memory at {rows:,} rows: {result['memory_bytes_at_rows'] / 1e6:.1f} MB")
+    for label, m in result.get("memory", {}).items():
+        print(
+            f"{label}: {m['events']:,} events -> {m['rows_held']:,} rows, {m['nbytes'] / 1e6:.1f} MB "
+            f"({m['bytes_per_row']:.0f} B/row), peak RSS {m['peak_rss_mb_after']:.0f} MB, "
+            f"p50 {m['p50_ms']:.4f} ms"
+        )
+    path = write_json("bandit_neighbourhood", {**result, "table_md": table})
     print(f"wrote {path}")
 
 

@@ -46,11 +46,13 @@ from compass.replay.data import approx_tokens
 from compass.replay.fit import choose_knn_k, fit_context_priors, knn_estimates
 from compass.replay.simulate import stream_order
 from layers.bandit.base import RewardEvent, SelectionContext
+from layers.bandit.neighbourhood import NeighbourhoodSelector
 from layers.bandit.thompson import ThompsonSelector
 from ops.bench.common import write_json
 from ops.bench.knn_rivals import COST_WEIGHT, Case, greedy, online_knn_steps
 
 CAPS = (None, 100.0, 30.0)
+ONLY: list[str] = []  # --only: policy name prefixes
 HALF_LIVES = (None, 1000.0, 300.0)
 
 
@@ -92,6 +94,20 @@ def run_knn_online(case: Case, k: int, drift: Drift, seed: int) -> tuple[np.ndar
     return online_knn_steps(case, k, seed, lambda i, arm, step: drift.reward(case, i, arm, step))
 
 
+def run_default(
+    case: Case, trained: bool, half_life: float | None, drift: Drift, seed: int, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The server's default selector (``neighbourhood``), cold or with the TRAIN split as memory."""
+    step = [0.0]
+    options = {"seed": seed, "propensity_samples": 0, "cost_weight": COST_WEIGHT, "half_life_s": half_life}
+    if trained:
+        options["k"] = k
+    selector = NeighbourhoodSelector(options, case.data.specs, clock=lambda: step[0])
+    if trained:
+        selector.prior_rows(case.tr, case.models, case.rtr)
+    return run_selector(case, selector, drift, seed, step, vectors=True)
+
+
 def run_thompson(
     case: Case, priors_path: str, half_life: float | None, drift: Drift, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -108,6 +124,12 @@ def run_thompson(
         case.data.specs,
         clock=lambda: step[0],
     )
+    return run_selector(case, selector, drift, seed, step)
+
+
+def run_selector(
+    case: Case, selector: ThompsonSelector, drift: Drift, seed: int, step: list[float], vectors: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     index = {m: j for j, m in enumerate(case.models)}
     contexts = [selector.context_of(c) for c in case.cls_te]
     tokens = [approx_tokens(p) for p in case.data.test.prompts]
@@ -121,6 +143,7 @@ def run_thompson(
             prompt_tokens=tokens[i],
             expected_completion_tokens=case.data.expected_completion_tokens,
             cost_weight=COST_WEIGHT,
+            embedding=case.te[i] if vectors else None,
         )
         arms[t] = a = index[selector.select(ctx).model]
         selector.observe(
@@ -131,6 +154,7 @@ def run_thompson(
                 reward=drift.reward(case, int(i), a, t),
                 ts=float(t),
                 source="offline",
+                embedding=case.te[i] if vectors else None,
             )
         )
     return order, arms
@@ -168,12 +192,18 @@ def evaluate(
                     else (f"thompson_tier_task_fitted, cap {cap or '-'}, half-life {half or '-'}")
                 )
                 runners[name] = lambda s, d=drift, p=priors[cap], h=half: run_thompson(case, p, h, d, s)
+        for half in HALF_LIVES:
+            tail = f", half-life {half:g}" if half else ""
+            runners[f"default{tail}"] = lambda s, d=drift, h=half: run_default(case, False, h, d, s, k)
+            runners[f"default_trained{tail}"] = lambda s, d=drift, h=half: run_default(case, True, h, d, s, k)
         runners["knn_told (reference: re-fitted at the drift)"] = lambda s, d=drift: run_knn(
             est, case, d, s, told=True
         )
         base: dict[int, np.ndarray] = {}
         rows = []
         for name, runner in runners.items():
+            if ONLY and name != "knn_minilm" and not any(name.startswith(p) for p in ONLY):
+                continue
             pre, post, last, diffs, ses = [], [], [], [], []
             for seed in seeds:
                 order, arms = runner(seed)
@@ -205,7 +235,11 @@ def main() -> None:
     parser.add_argument("--data", default="routerbench,split2,routellm")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--severity", default="0.5,1.0")
+    parser.add_argument(
+        "--only", default="", help="comma-separated policy name prefixes to run (+ knn_minilm)"
+    )
     args = parser.parse_args()
+    ONLY[:] = [p for p in args.only.split(",") if p]
     seeds = tuple(int(s) for s in args.seeds.split(","))
     severities = tuple(float(s) for s in args.severity.split(","))
     results = []
