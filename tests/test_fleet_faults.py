@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psycopg
 import pytest
 from litestar.testing import TestClient
@@ -246,6 +247,47 @@ def test_inserts_are_idempotent_by_id_so_a_replayed_segment_writes_nothing_twice
             ).fetchone()
         )
         assert counts == (5, 1)
+        spool.close()
+    finally:
+        store.close()
+
+
+def test_a_spooled_reward_keeps_its_vector_and_tells_the_other_replicas(tmp_path: Path, pg_url: str) -> None:
+    """The vector goes to disk as base64; replayed, the row and its fleet event carry the same bytes."""
+    from compass.storage.pg_rows import reward_event_of
+    from compass.storage.rewards import reward_insert
+    from layers.bandit.base import RewardEvent
+
+    store = PostgresStore(pg_url)
+    store.open()
+    try:
+        vector = np.arange(8, dtype=np.float32).tobytes()
+        event = RewardEvent(
+            request_id="r1",
+            context="simple",
+            model="small",
+            reward=0.0,
+            ts=1.0,
+            source="failure",
+            embedding=vector,
+        )
+        _, _, params = reward_insert(event, "t", None, mark="%s")
+        spool = Journal(tmp_path / "spool")
+        spool.append({"kind": "reward", "row": params})
+        segment = spool.rotate()
+        assert store.run_sync(replay_segment, spool.path(segment), 512, "replica-a") == 1
+        stored, payload, origin = store.run_sync(
+            lambda con: con.execute(
+                "SELECT r.embedding, e.payload, e.origin FROM rewards r, fleet_events e"
+                " WHERE e.kind = 'reward'"
+            ).fetchone()
+        )
+        assert bytes(stored) == vector
+        followed = reward_event_of(payload["event"])
+        assert origin == "replica-a" and followed.embedding == vector and followed.source == "failure"
+        assert store.run_sync(replay_segment, spool.path(segment), 512, "replica-a") == 1  # again
+        events = store.run_sync(lambda con: con.execute("SELECT count(*) FROM fleet_events").fetchone()[0])
+        assert events == 1  # a row written before appends no second event
         spool.close()
     finally:
         store.close()

@@ -88,6 +88,7 @@ def _split(items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[list
     for item in items:
         if item.get("kind") == REWARD_KIND:
             row = list(item["row"])
+            row += [None] * (len(REWARD_COLUMNS) - len(row))  # a spool from before a column was added
             if isinstance(row[1], str):  # created_at, as JSON wrote it
                 row[1] = dt.datetime.fromisoformat(row[1])
             for i in _REWARD_BINARY:  # the vector, as base64
