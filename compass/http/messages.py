@@ -13,7 +13,7 @@ from litestar import Request, Response, post
 from litestar.response import ServerSentEvent
 from litestar.response.sse import ServerSentEventMessage
 
-from compass.http.auth import caller_for
+from compass.http.auth import caller_for, rated_caller
 from compass.http.routes import cache_mode, check_limits, json_response
 from compass.pipeline import anthropic
 from compass.pipeline.chat import complete, open_stream
@@ -31,7 +31,7 @@ async def create_message(
     request: Request, data: MessagesRequest, services: Services
 ) -> Response | ServerSentEvent:
     """Anthropic's Messages API; a ``claude-*`` name the pool lacks, or ``auto``, is routed."""
-    caller = caller_for(request, services, rate_limited=True)
+    caller = await rated_caller(request, services)
     chat = anthropic.to_chat(data, services.pool)
     check_limits(services, chat)
     caller.cache_mode = cache_mode(request, chat)

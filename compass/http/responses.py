@@ -12,7 +12,7 @@ from litestar.response import ServerSentEvent
 from litestar.response.sse import ServerSentEventMessage
 
 from compass.errors import NotFound
-from compass.http.auth import caller_for
+from compass.http.auth import caller_for, rated_caller
 from compass.http.checks import cache_mode, check_limits
 from compass.pipeline.chat import complete, open_stream
 from compass.pipeline.responses import assistant_messages, from_chat_body, request_id_of, response_id, to_chat
@@ -70,7 +70,7 @@ async def _sse(events: AsyncIterator[tuple[str, dict[str, Any]]]) -> AsyncIterat
 async def create_response(
     request: Request, data: ResponsesRequest, services: Services
 ) -> Response | ServerSentEvent:
-    caller = caller_for(request, services, rate_limited=True)
+    caller = await rated_caller(request, services)
     history: list[dict[str, Any]] = []
     if isinstance(data.previous_response_id, str):
         store = response_store(services)

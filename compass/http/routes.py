@@ -13,7 +13,7 @@ from litestar.response import ServerSentEvent
 
 from compass import __version__
 from compass.http.admin import ADMIN_HANDLERS
-from compass.http.auth import caller_for
+from compass.http.auth import caller_for, rated_caller
 from compass.http.checks import cache_mode, check_limits
 from compass.http.models import MODEL_HANDLERS
 from compass.http.responses import RESPONSES_HANDLERS
@@ -46,7 +46,7 @@ async def chat_completions(
     request: Request, data: ChatCompletionRequest, services: Services
 ) -> Response | ServerSentEvent:
     """OpenAI's chat completions; ``model`` of ``auto`` (or omitted) is routed by the layers."""
-    caller = caller_for(request, services, rate_limited=True)
+    caller = await rated_caller(request, services)
     check_limits(services, data)
     caller.cache_mode = cache_mode(request, data)
     caller.session = request.headers.get(SESSION_HEADER) or None
@@ -126,7 +126,7 @@ async def feedback(request: Request, data: FeedbackRequest, services: Services) 
 
 @post("/v1/route", status_code=200, summary="The routing decision for a chat request, no model called")
 async def route_only(request: Request, data: ChatCompletionRequest, services: Services) -> dict[str, Any]:
-    caller_for(request, services, rate_limited=True)
+    await rated_caller(request, services)
     start = time.perf_counter()
     messages = messages_as_dicts(data)
     prompt = make_prompt(services, last_user_text(messages), approx_tokens(messages))
@@ -145,7 +145,7 @@ async def _classify(request: Request, data: ClassificationRequest, services: Ser
 
     The tier label comes first and carries the backend's full output under ``details``.
     """
-    caller_for(request, services, rate_limited=True)
+    await rated_caller(request, services)
     texts = [data.inputs] if isinstance(data.inputs, str) else list(data.inputs)
     assert services.classifier is not None and services.fallback_classifier is not None
     try:  # as in routing: Layer 1 failing never fails the request; ``method`` says what happened
