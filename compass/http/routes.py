@@ -95,9 +95,9 @@ async def health(services: Services) -> dict[str, Any]:
 @get("/stats", summary="Totals and distributions of this tenant's requests")
 async def stats(request: Request, services: Services) -> dict[str, Any]:
     caller = caller_for(request, services)
-    assert services.db is not None
+    assert services.analysis is not None
     await services.settle()
-    result = await services.db.run(summary, caller.tenant_scope)
+    result = await services.analysis.run(summary, caller.tenant_scope)
     if services.cache is not None:  # the cache's own counters: refusals, evictions, savings, entries
         result["cache"]["layer"] = services.cache.stats(tenant=caller.tenant_scope)
     return result
@@ -111,9 +111,9 @@ async def stats_raw(
     offset: Annotated[int, Parameter(ge=0, le=2**62)] = 0,
 ) -> dict[str, Any]:
     caller = caller_for(request, services)
-    assert services.db is not None
+    assert services.analysis is not None
     await services.settle()
-    return await services.db.run(raw, caller.tenant_scope, limit, offset)
+    return await services.analysis.run(raw, caller.tenant_scope, limit, offset)
 
 
 @post("/feedback", status_code=200, summary="Rate an answer (teaches Layer 2)")

@@ -215,3 +215,12 @@ def rate_buckets(con: Any) -> None:
         $$
         """
     )
+
+
+@pg_migration
+def ingested_at(con: Any) -> None:
+    """When PostgreSQL took each row (its transaction's start, on its one clock), so the DuckDB
+    mirror that ``compass sql`` and ``/stats`` read (``fleet_analysis``) fetches only newer rows."""
+    for table in ("requests", "rewards"):
+        con.execute(f"ALTER TABLE {table} ADD COLUMN ingested_at TIMESTAMPTZ NOT NULL DEFAULT now()")
+        con.execute(f"CREATE INDEX {table}_ingested_at ON {table} (ingested_at)")
