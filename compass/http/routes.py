@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Annotated, Any
 
@@ -66,6 +67,7 @@ async def health(services: Services) -> dict[str, Any]:
         "version": __version__,
         "demo": services.demo,
         "uptime_s": round(time.time() - services.started_at, 3),
+        "pid": os.getpid(),  # which worker of `compass serve --workers N` answered
         "models": len(services.pool),
         "unpriced_models": services.unpriced,
         "layers": {
