@@ -82,15 +82,21 @@ class _CopyStream(io.RawIOBase):
         return True
 
     def readinto(self, target: Any) -> int:
-        while not self._buffer:
-            try:
-                self._buffer = bytes(next(self._chunks))
-            except StopIteration:
-                return 0
-        n = min(len(target), len(self._buffer))
-        target[:n] = self._buffer[:n]
-        self._buffer = self._buffer[n:]
-        return n
+        """Fill ``target`` (pyarrow makes a block of each read; psycopg yields a row per chunk)."""
+        view = memoryview(target).cast("B")
+        filled = 0
+        while filled < len(view):
+            if not self._buffer:
+                try:
+                    self._buffer = bytes(next(self._chunks))
+                except StopIteration:
+                    break
+                continue
+            n = min(len(view) - filled, len(self._buffer))
+            view[filled : filled + n] = self._buffer[:n]
+            self._buffer = self._buffer[n:]
+            filled += n
+        return filled
 
 
 def copy_batches(pg: Any, table: str, since: dt.datetime) -> Iterator[Any]:
@@ -114,7 +120,7 @@ def copy_batches(pg: Any, table: str, since: dt.datetime) -> Iterator[Any]:
             return
         reader = csv.open_csv(
             _CopyStream(chunks, bytes(first)),
-            read_options=csv.ReadOptions(column_names=names, block_size=BLOCK_BYTES),
+            read_options=csv.ReadOptions(column_names=names, block_size=BLOCK_BYTES, use_threads=False),
             parse_options=csv.ParseOptions(newlines_in_values=True),
             convert_options=csv.ConvertOptions(
                 column_types=types,
@@ -182,7 +188,7 @@ class FleetAnalysis:
         from compass.storage.postgres import connect
 
         self._remove_files()
-        db = Database(self.path, config={"memory_limit": MEMORY_LIMIT})
+        db = Database(self.path, config={"memory_limit": MEMORY_LIMIT, "threads": 1})
         db.open()
         try:
             self._pg = db.run_sync(lambda _: connect(self.url, self.connect_timeout_s))
