@@ -1,7 +1,7 @@
 """DuckDB SQL over the fleet store on 1M request rows: the mirror's load, refresh and query costs.
 
 One throwaway PostgreSQL 15 (tests/postgres.py), ``--rows`` request rows (default 1M) of realistic
-width (messages, answer, routing JSON) and one reward per 4 requests, stamped an hour ago. Then,
+width (messages, answer, routing JSON) and one reward per 4 requests, spread over 23 days. Then,
 side by side in one run:
 
 * full load of an empty mirror (``FleetAnalysis``: COPY csv -> pyarrow -> DuckDB), rows/s;
@@ -64,14 +64,14 @@ SELECT 'chatcmpl-' || md5(g::text), now() - interval '30 days' + g * interval '2
     repeat('An answer of typical length, with a few sentences in it. ', 6), 'stop', 40 + g %% 50,
     80 + g %% 200, 120 + g %% 250, 0.0001 * (g %% 17), (ARRAY['miss','exact','semantic','off'])[1 + g %% 4],
     1.2, 0.1, 0.4, 2.0, 30 + g %% 400, 40 + g %% 400, CASE WHEN g %% 50 = 0 THEN 502 ELSE 200 END, false,
-    now() - interval '1 hour'
+    now() - interval '30 days' + g * interval '2 seconds'
 FROM generate_series(%s::bigint, %s::bigint) AS g
 """
 REWARDS = """
 INSERT INTO rewards (id, created_at, ts, request_id, tenant, context, model, reward, source, ingested_at)
 SELECT 'rw-' || md5(g::text), now() - interval '30 days', extract(epoch FROM now()) + g,
     'chatcmpl-' || md5(g::text), 't' || (g %% 7), 'simple', 'small', (g %% 5) / 4.0, 'feedback',
-    now() - interval '1 hour'
+    now() - interval '30 days' + g * interval '2 seconds'
 FROM generate_series(%s::bigint, %s::bigint, 4) AS g
 """
 
@@ -158,7 +158,7 @@ def main() -> None:
             new = []
             for r in range(args.repeat):
                 lo = args.rows + 1 + r * 1000
-                con.execute(FILL.replace("now() - interval '1 hour'\n", "now()\n"), [lo, lo + 999])
+                con.execute(FILL.replace("now() - interval '30 days' + g * interval '2 seconds'\n", "now()\n"), [lo, lo + 999])
                 new.append(timed(db.run_sync, mirror.refresh_sync)[0])
             con.close()
             result["refresh_1000_new_ms_p50"] = sorted(new)[len(new) // 2]
