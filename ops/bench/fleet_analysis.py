@@ -158,7 +158,8 @@ def main() -> None:
             new = []
             for r in range(args.repeat):
                 lo = args.rows + 1 + r * 1000
-                con.execute(FILL.replace("now() - interval '30 days' + g * interval '2 seconds'\n", "now()\n"), [lo, lo + 999])
+                fresh = FILL.replace("now() - interval '30 days' + g * interval '2 seconds'\n", "now()\n")
+                con.execute(fresh, [lo, lo + 999])
                 new.append(timed(db.run_sync, mirror.refresh_sync)[0])
             con.close()
             result["refresh_1000_new_ms_p50"] = sorted(new)[len(new) // 2]
