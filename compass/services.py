@@ -45,6 +45,7 @@ class Services:
     db: Database | None = None
     history: HistoryWriter | None = None
     rows: RowStore | None = None  # where request and reward rows go (compass.storage.backend)
+    analysis: Any = None  # run/analyse DuckDB SQL over all history: ``db``, or the fleet's mirror
     classifier: Classifier | None = None
     fallback_classifier: Classifier | None = None
     selector: Selector | None = None
@@ -101,6 +102,9 @@ class Services:
         if applied:
             log.info("database %s: applied migrations %s", settings.database_path, ", ".join(applied))
         self.rows = self._open_rows()  # a bad storage.url raises ConfigError here: start-up stops
+        from compass.storage.fleet_analysis import open_analysis
+
+        self.analysis = open_analysis(settings, self.db)
         journal = None
         if settings.storage.url is not None:  # rows spool on disk while PostgreSQL is away
             from compass.storage.spool import fleet_writer
@@ -321,6 +325,8 @@ class Services:
             await self.history.close()
         if self.rows is not None and self.rows.runner is not self.db:
             self.rows.runner.close()
+        if self.analysis is not None and self.analysis is not self.db:
+            self.analysis.close()
         if self.db is not None:
             self.db.close()
         if self.demo_upstream is not None:

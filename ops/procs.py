@@ -21,10 +21,18 @@ REPO = Path(__file__).resolve().parents[1]
 class GatewayProcess:
     """``python -m compass serve`` with a config written to ``home``; stops on ``stop()``."""
 
-    def __init__(self, home: Path, config: dict[str, Any], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        config: dict[str, Any],
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        port: int | None = None,
+    ) -> None:
         self.home = home
         self.config = {"home": str(home), **config}
-        self.port = free_port()
+        self.port = port or free_port()
+        self.args = args or []  # more ``compass serve`` options, e.g. ["--workers", "2"]
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
@@ -49,6 +57,7 @@ class GatewayProcess:
                 str(config_path),
                 "--port",
                 str(self.port),
+                *self.args,
             ],
             cwd=REPO,
             env=env,

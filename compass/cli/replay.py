@@ -204,7 +204,7 @@ def _history(
 
         settings = load_settings(config)
         pool = list(settings.models) or None
-        path = path or str(settings.database_path)
+        path = path or settings.storage.url or str(settings.database_path)
     except Exception as exc:  # no usable config: the pool comes from the log itself
         if not path:
             raise click.ClickException(f"no database given and no usable configuration: {exc}") from exc

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shutil
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -26,7 +30,7 @@ from compass.config import DEFAULT_PORT, Settings
     "--workers",
     type=click.IntRange(min=1),
     default=1,
-    help="Processes on one port; needs the fleet store (storage.url). Not yet available: issue 14.",
+    help="Processes on one port (uvicorn's supervisor); needs the fleet store (storage.url).",
 )
 @click.option(
     "--allow-public-without-keys",
@@ -44,26 +48,63 @@ def serve(
 
     if config is None and Path("compass.yaml").exists():
         config = "compass.yaml"
-    settings = load_or_exit(config, **{"server.host": host, "server.port": port})
+    overrides = {"server.host": host, "server.port": port}
+    settings = load_or_exit(config, **overrides)
     setup_logging(settings.server.log_level, settings.server.json_logs)
     check_bind(settings, allow_public_without_keys)
     check_workers(settings, workers)
     check_fleet_store(settings)
     log = logging.getLogger("compass")
     log.info(
-        "LLM Compass listening on http://%s:%d (home %s)",
+        "LLM Compass listening on http://%s:%d (home %s%s)",
         settings.server.host,
         settings.server.port,
         settings.home_path.resolve(),
+        f", {workers} workers" if workers > 1 else "",
     )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.server.host,
-        port=settings.server.port,
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=15,
-    )
+    common: dict[str, Any] = {
+        "host": settings.server.host,
+        "port": settings.server.port,
+        "log_level": "warning",
+        "access_log": False,
+        "timeout_graceful_shutdown": 15,
+    }
+    if workers == 1:
+        uvicorn.run(create_app(settings), **common)
+        return
+    # uvicorn's supervisor binds the port once, spawns N processes that accept on it and replaces
+    # one that dies; each builds its app from the same config through ``worker_app``.
+    os.environ[WORKER_CONFIG] = json.dumps({"config": config, "overrides": overrides})
+    try:
+        uvicorn.run("compass.cli.serve:worker_app", factory=True, workers=workers, **common)
+    finally:
+        shutil.rmtree(settings.home_path / "workers", ignore_errors=True)  # the workers' scratch
+
+
+WORKER_CONFIG = "COMPASS_WORKER_CONFIG"
+
+
+def worker_app() -> Any:
+    """One worker of ``compass serve --workers N``: the gateway on the fleet store.
+
+    Everything shared (requests, rewards, rate limits, the SQL over them) is in PostgreSQL. What a
+    process still keeps in local files (its DuckDB file, the FAISS index file, ``server.json``)
+    goes to its own ``<home>/workers/<pid>/``, since DuckDB admits one writer process per file and
+    two processes must not write one index file. Keys and cache entries are in PostgreSQL; the
+    outage spool stays under the real home (``<home>/spool``, or ``storage.spool_dir`` resolved
+    against it), because the scratch is removed at exit and spooled rows must outlive a worker.
+    """
+    from compass.config import load_settings
+    from compass.http.app import create_app
+
+    spec = json.loads(os.environ[WORKER_CONFIG])
+    settings = load_settings(spec["config"], overrides=spec["overrides"])
+    scratch = settings.home_path / "workers" / str(os.getpid())
+    spool = settings.home_path / (settings.storage.spool_dir or "spool")
+    overrides = {**spec["overrides"], "home": str(scratch), "storage.spool_dir": str(spool)}
+    settings = load_settings(spec["config"], overrides=overrides)
+    setup_logging(settings.server.log_level, settings.server.json_logs)
+    return create_app(settings)
 
 
 def check_workers(settings: Settings, workers: int) -> None:
@@ -75,11 +116,6 @@ def check_workers(settings: Settings, workers: int) -> None:
             f"--workers {workers} needs the fleet store: set storage.url (or COMPASS_DATABASE_URL) to a"
             " postgresql:// URL; the embedded DuckDB file can be opened by one process only"
         )
-    raise click.ClickException(
-        f"--workers {workers}: not available yet; on the fleet store only request and reward rows have moved"
-        " to PostgreSQL, and keys, cache entries and stats still use each process's DuckDB file"
-        " (docs/deploy.md)"
-    )
 
 
 def check_fleet_store(settings: Settings) -> None:

@@ -77,6 +77,24 @@ def query_file(path: Path, sql: str, limit: int) -> dict[str, Any]:
         con.close()
 
 
+def query_fleet_store(settings: Any, sql: str, limit: int) -> dict[str, Any]:
+    """storage.url: the whole fleet's history from PostgreSQL, in a sandboxed DuckDB mirror here."""
+    from compass.errors import ConfigError, InvalidRequest
+    from compass.storage.analysis import run_read_query
+    from compass.storage.fleet_analysis import query_fleet
+
+    try:
+        return query_fleet(
+            settings.storage.url,
+            run_read_query,
+            sql,
+            limit,
+            connect_timeout_s=settings.storage.connect_timeout_s,
+        )
+    except (InvalidRequest, ConfigError) as exc:
+        raise RuntimeError(exc.message if isinstance(exc, InvalidRequest) else str(exc)) from exc
+
+
 def render(result: dict[str, Any], fmt: str) -> str:
     columns, rows = result["columns"], result["rows"]
     if fmt == "json":
@@ -112,12 +130,18 @@ def sql(query: str, config: str | None, fmt: str, limit: int) -> None:
 
     With a server running on this COMPASS_HOME (or at COMPASS_URL) the query goes to it, since
     DuckDB lets only one process open the file for writing; otherwise the file is opened
-    read-only here.
+    read-only here. With storage.url (COMPASS_DATABASE_URL) it reads the whole fleet's history
+    from PostgreSQL into a sandboxed DuckDB here (unless COMPASS_URL names a server).
     """
     settings = load_or_exit(config)
     url = find_server(settings)
     try:
-        result = query_server(url, query, limit) if url else query_file(settings.database_path, query, limit)
+        if settings.storage.url is not None and not os.environ.get("COMPASS_URL"):
+            result = query_fleet_store(settings, query, limit)
+        elif url:
+            result = query_server(url, query, limit)
+        else:
+            result = query_file(settings.database_path, query, limit)
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(render(result, fmt), nl=False)

@@ -247,9 +247,9 @@ def timeline(
 @post("/admin/api/sql", status_code=200, summary="Run one read-only DuckDB query on the history")
 async def admin_sql(request: Request, data: SqlRequest, services: Services) -> dict[str, Any]:
     require_admin(request, services)
-    assert services.db is not None
+    assert services.analysis is not None
     await services.settle()
-    return await services.db.analyse(run_read_query, data.sql, data.limit)
+    return await services.analysis.analyse(run_read_query, data.sql, data.limit)
 
 
 @get("/admin/api/bandit", summary="Layer 2 posteriors per context and model")
@@ -273,9 +273,9 @@ async def admin_requests(
     tenant: str | None = None,
 ) -> dict[str, Any]:
     require_admin(request, services)
-    assert services.db is not None
+    assert services.analysis is not None
     await services.settle()
-    return await services.db.run(recent_with_feedback, tenant, limit)
+    return await services.analysis.run(recent_with_feedback, tenant, limit)
 
 
 @get("/admin/api/timeline", summary="Selection share, cache hit rate and cost per time bucket")
@@ -287,18 +287,18 @@ async def admin_timeline(
     tenant: str | None = None,
 ) -> dict[str, Any]:
     require_admin(request, services)
-    assert services.db is not None
+    assert services.analysis is not None
     await services.settle()
     baseline = strongest_model(services)
-    return await services.db.run(timeline, tenant, buckets, window_s, baseline)
+    return await services.analysis.run(timeline, tenant, buckets, window_s, baseline)
 
 
 @get("/admin/api/savings", summary="Cost saved versus sending every request to the strongest model")
 async def admin_savings(request: Request, services: Services, tenant: str | None = None) -> dict[str, Any]:
     require_admin(request, services)
-    assert services.db is not None
+    assert services.analysis is not None
     await services.settle()
-    return await services.db.run(savings, tenant, strongest_model(services))
+    return await services.analysis.run(savings, tenant, strongest_model(services))
 
 
 @get("/admin", summary="The admin page", include_in_schema=False)

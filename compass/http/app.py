@@ -135,6 +135,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
             yield
         finally:
             await services.stop()
+            ring.limiter.close()
 
     def provide_services() -> Services:
         return services

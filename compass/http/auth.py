@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hmac
 import math
-import time
 
 from litestar import Request
 
@@ -19,6 +18,7 @@ from compass.errors import AuthenticationFailed, RateLimited
 from compass.pipeline.exchange import Caller
 from compass.services import Services
 from compass.storage.keys import active_key_hashes, admin_key, hash_key
+from compass.storage.rate_limits import RateLimiter, build_limiter
 
 LOCAL_TENANT = "local"
 ADMIN_TENANT = "admin"
@@ -33,28 +33,6 @@ class RequestCaller(Caller, kw_only=True):
         return None if self.is_admin else self.tenant
 
 
-class TokenBucket:
-    """``rate`` requests per minute with a burst of the same size."""
-
-    __slots__ = ("capacity", "rate_per_s", "tokens", "updated")
-
-    def __init__(self, per_minute: float) -> None:
-        self.capacity = max(1.0, per_minute)
-        self.rate_per_s = per_minute / 60.0
-        self.tokens = self.capacity
-        self.updated = time.monotonic()
-
-    def take(self) -> float:
-        """0 if allowed, else the seconds until a token is available."""
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate_per_s)
-        self.updated = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return 0.0
-        return (1.0 - self.tokens) / self.rate_per_s
-
-
 class KeyRing:
     """The active keys in memory (reloaded on every change) and the per-key rate limiters.
 
@@ -66,7 +44,9 @@ class KeyRing:
         self.services = services
         self.admin_key = admin_key(services.settings)
         self.keys: dict[str, tuple[str, str, float | None]] = {}
-        self.buckets: dict[str, TokenBucket] = {}
+        storage = services.settings.storage
+        # One budget per key: this process's buckets, or the fleet's in PostgreSQL with storage.url.
+        self.limiter: RateLimiter = build_limiter(storage.url, storage.connect_timeout_s)
 
     async def reload(self) -> None:
         rows = self.services.rows  # the DuckDB file, or the fleet store (every replica's keys)
@@ -93,7 +73,7 @@ class KeyRing:
         key_id, tenant, _ = entry
         return RequestCaller(tenant=tenant, key_id=key_id, is_admin=False)
 
-    def check_rate(self, caller: RequestCaller) -> None:
+    async def check_rate(self, caller: RequestCaller) -> None:
         default = self.services.settings.limits.requests_per_minute
         bucket_key = caller.key_id or caller.tenant
         per_key = None
@@ -104,10 +84,7 @@ class KeyRing:
         limit = per_key if per_key is not None else default
         if limit is None or caller.key_id == "admin":
             return
-        bucket = self.buckets.get(bucket_key)
-        if bucket is None or bucket.capacity != max(1.0, limit):
-            bucket = self.buckets[bucket_key] = TokenBucket(limit)
-        wait = bucket.take()
+        wait = await self.limiter.take(bucket_key, limit)
         if wait > 0:
             retry_after = str(max(1, math.ceil(wait)))
             raise RateLimited(
@@ -131,10 +108,14 @@ def keyring(services: Services) -> KeyRing:
     return ring
 
 
-def caller_for(request: Request, services: Services, rate_limited: bool = False) -> RequestCaller:
-    """The caller of ``request``; raises 401 for a missing or wrong key, 429 over the rate."""
+def caller_for(request: Request, services: Services) -> RequestCaller:
+    """The caller of ``request``; raises 401 for a missing or wrong key."""
+    return keyring(services).identify(bearer_token(request))
+
+
+async def rated_caller(request: Request, services: Services) -> RequestCaller:
+    """``caller_for``, then 429 when the caller is over ``limits.requests_per_minute``."""
     ring = keyring(services)
     caller = ring.identify(bearer_token(request))
-    if rate_limited:
-        ring.check_rate(caller)
+    await ring.check_rate(caller)
     return caller

@@ -11,7 +11,7 @@ from typing import Any
 from litestar import Request, Response, post
 from litestar.response import ServerSentEvent
 
-from compass.http.auth import caller_for
+from compass.http.auth import caller_for, rated_caller
 from compass.http.routes import cache_mode, check_limits, json_response
 from compass.http.sse import framed
 from compass.pipeline import anthropic
@@ -25,7 +25,7 @@ async def create_message(
     request: Request, data: MessagesRequest, services: Services
 ) -> Response | ServerSentEvent:
     """Anthropic's Messages API; a ``claude-*`` name the pool lacks, or ``auto``, is routed."""
-    caller = caller_for(request, services, rate_limited=True)
+    caller = await rated_caller(request, services)
     chat = anthropic.to_chat(data, services.pool)
     check_limits(services, chat)
     caller.cache_mode = cache_mode(request, chat)

@@ -9,7 +9,7 @@ from litestar import Request, Response, get, post
 
 from compass.config import LOCAL_EMBEDDING_MODEL
 from compass.errors import ModelNotFound
-from compass.http.auth import caller_for
+from compass.http.auth import caller_for, rated_caller
 from compass.pipeline.routing import ROUTED_MODELS
 from compass.services import Services
 from compass.wire.embeddings import EmbeddingRequest
@@ -102,7 +102,7 @@ async def retrieve_model(request: Request, model_id: str, services: Services) ->
 async def embeddings(request: Request, data: EmbeddingRequest, services: Services) -> Response:
     from compass.pipeline.embeddings import create_embeddings
 
-    caller = caller_for(request, services, rate_limited=True)
+    caller = await rated_caller(request, services)
     body, headers = await create_embeddings(services, data, caller)
     return Response(content=_JSON.encode(body), media_type="application/json", headers=headers)
 

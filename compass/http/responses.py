@@ -10,7 +10,7 @@ from litestar import Request, Response, get, post
 from litestar.response import ServerSentEvent
 
 from compass.errors import NotFound
-from compass.http.auth import caller_for
+from compass.http.auth import caller_for, rated_caller
 from compass.http.checks import cache_mode, check_limits
 from compass.http.sse import framed
 from compass.pipeline.chat import complete, open_stream
@@ -64,7 +64,7 @@ def remember(
 async def create_response(
     request: Request, data: ResponsesRequest, services: Services
 ) -> Response | ServerSentEvent:
-    caller = caller_for(request, services, rate_limited=True)
+    caller = await rated_caller(request, services)
     history: list[dict[str, Any]] = []
     if isinstance(data.previous_response_id, str):
         store = response_store(services)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Annotated, Any
 
@@ -13,7 +14,7 @@ from litestar.response import ServerSentEvent
 
 from compass import __version__
 from compass.http.admin import ADMIN_HANDLERS
-from compass.http.auth import caller_for
+from compass.http.auth import caller_for, rated_caller
 from compass.http.checks import cache_mode, check_limits
 from compass.http.models import MODEL_HANDLERS
 from compass.http.responses import RESPONSES_HANDLERS
@@ -46,7 +47,7 @@ async def chat_completions(
     request: Request, data: ChatCompletionRequest, services: Services
 ) -> Response | ServerSentEvent:
     """OpenAI's chat completions; ``model`` of ``auto`` (or omitted) is routed by the layers."""
-    caller = caller_for(request, services, rate_limited=True)
+    caller = await rated_caller(request, services)
     check_limits(services, data)
     caller.cache_mode = cache_mode(request, data)
     caller.session = request.headers.get(SESSION_HEADER) or None
@@ -67,6 +68,7 @@ async def health(services: Services) -> dict[str, Any]:
         "version": __version__,
         "demo": services.demo,
         "uptime_s": round(time.time() - services.started_at, 3),
+        "pid": os.getpid(),  # which worker of `compass serve --workers N` answered
         "models": len(services.pool),
         "unpriced_models": services.unpriced,
         "layers": {
@@ -97,9 +99,9 @@ async def health(services: Services) -> dict[str, Any]:
 @get("/stats", summary="Totals and distributions of this tenant's requests")
 async def stats(request: Request, services: Services) -> dict[str, Any]:
     caller = caller_for(request, services)
-    assert services.db is not None
+    assert services.analysis is not None
     await services.settle()
-    result = await services.db.run(summary, caller.tenant_scope)
+    result = await services.analysis.run(summary, caller.tenant_scope)
     if services.cache is not None:  # the cache's own counters: refusals, evictions, savings, entries
         result["cache"]["layer"] = services.cache.stats(tenant=caller.tenant_scope)
     return result
@@ -113,9 +115,9 @@ async def stats_raw(
     offset: Annotated[int, Parameter(ge=0, le=2**62)] = 0,
 ) -> dict[str, Any]:
     caller = caller_for(request, services)
-    assert services.db is not None
+    assert services.analysis is not None
     await services.settle()
-    return await services.db.run(raw, caller.tenant_scope, limit, offset)
+    return await services.analysis.run(raw, caller.tenant_scope, limit, offset)
 
 
 @post("/feedback", status_code=200, summary="Rate an answer (teaches Layer 2)")
@@ -128,7 +130,7 @@ async def feedback(request: Request, data: FeedbackRequest, services: Services) 
 
 @post("/v1/route", status_code=200, summary="The routing decision for a chat request, no model called")
 async def route_only(request: Request, data: ChatCompletionRequest, services: Services) -> dict[str, Any]:
-    caller_for(request, services, rate_limited=True)
+    await rated_caller(request, services)
     start = time.perf_counter()
     messages = messages_as_dicts(data)
     prompt = make_prompt(services, last_user_text(messages), approx_tokens(messages))
@@ -147,7 +149,7 @@ async def _classify(request: Request, data: ClassificationRequest, services: Ser
 
     The tier label comes first and carries the backend's full output under ``details``.
     """
-    caller_for(request, services, rate_limited=True)
+    await rated_caller(request, services)
     texts = [data.inputs] if isinstance(data.inputs, str) else list(data.inputs)
     assert services.classifier is not None and services.fallback_classifier is not None
     try:  # as in routing: Layer 1 failing never fails the request; ``method`` says what happened

@@ -77,6 +77,15 @@ def read_history(path: Path) -> tuple[list[dict[str, Any]], list[RewardEvent], s
         con.close()
 
 
+def read_fleet_history(url: str) -> tuple[list[dict[str, Any]], list[RewardEvent], str]:
+    """The fleet store's history, through the same DuckDB query (``compass.storage.fleet_analysis``)."""
+    from compass.storage.fleet_analysis import query_fleet
+    from compass.storage.postgres import redact
+
+    requests, events = query_fleet(url, _query)
+    return requests, events, f"read the fleet store {redact(url)} through a DuckDB mirror"
+
+
 def _query(con: Any) -> tuple[list[dict[str, Any]], list[RewardEvent]]:
     rows = con.execute(
         """
@@ -188,8 +197,14 @@ def evaluate_history(
     samples: int = 512,
 ) -> dict[str, Any]:
     """IPS / SNIPS value of a candidate selector on the logged (request, chosen model, reward) triples."""
-    db = resolve_db(path)
-    requests, events, how = read_history(db)
+    if str(path).startswith(("postgresql://", "postgres://")):  # storage.url: the whole fleet's history
+        from compass.storage.postgres import redact
+
+        db: Any = redact(str(path))
+        requests, events, how = read_fleet_history(str(path))
+    else:
+        db = resolve_db(path)
+        requests, events, how = read_history(db)
     rewards = chosen_rewards(events)
     names = sorted(
         {r["routing"].get("model") for r in requests if r["routing"].get("model")}

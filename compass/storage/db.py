@@ -33,8 +33,9 @@ SANDBOX = {"enable_external_access": False, "lock_configuration": True}
 
 
 class Database:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, config: dict[str, Any] | None = None) -> None:
         self.path = str(path)
+        self.config = {**(config or {}), **SANDBOX}  # e.g. memory_limit; the sandbox always applies
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._con: duckdb.DuckDBPyConnection | None = None
         self._thread_id: int | None = None
@@ -49,7 +50,7 @@ class Database:
 
     def _open_in_thread(self) -> list[str]:
         self._thread_id = threading.get_ident()
-        self._con = duckdb.connect(self.path, config=dict(SANDBOX))
+        self._con = duckdb.connect(self.path, config=dict(self.config))
         return migrate(self._con)
 
     @property

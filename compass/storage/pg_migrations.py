@@ -206,3 +206,52 @@ def embedding_columns(con: Any) -> None:
     """The prompt's MiniLM vector (float32 bytes) on requests and rewards; see DuckDB's migration."""
     con.execute("ALTER TABLE requests ADD COLUMN embedding BYTEA")
     con.execute("ALTER TABLE rewards ADD COLUMN embedding BYTEA")
+
+
+@pg_migration
+def rate_buckets(con: Any) -> None:
+    """``limits.requests_per_minute`` as one token bucket per key for the whole fleet.
+
+    ``compass_take_token`` is ``compass.storage.rate_limits.TokenBucket.take`` on a locked row: it
+    returns 0 and takes a token, or the seconds until one is there. The refill reads the server's
+    clock after the lock is held, so replicas' clocks never matter.
+    """
+    con.execute(
+        "CREATE TABLE rate_buckets (bucket TEXT PRIMARY KEY, tokens DOUBLE PRECISION NOT NULL,"
+        " updated_at TIMESTAMPTZ NOT NULL)"
+    )
+    con.execute(
+        """
+        CREATE FUNCTION compass_take_token(
+            p_bucket TEXT, p_capacity DOUBLE PRECISION, p_rate DOUBLE PRECISION
+        )
+        RETURNS DOUBLE PRECISION LANGUAGE plpgsql AS $$
+        DECLARE
+            level DOUBLE PRECISION;
+            last TIMESTAMPTZ;
+            now_ts TIMESTAMPTZ;
+        BEGIN
+            INSERT INTO rate_buckets VALUES (p_bucket, p_capacity, clock_timestamp())
+                ON CONFLICT (bucket) DO NOTHING;
+            SELECT tokens, updated_at INTO level, last FROM rate_buckets WHERE bucket = p_bucket FOR UPDATE;
+            now_ts := greatest(clock_timestamp(), last);
+            level := least(p_capacity, level + extract(epoch FROM now_ts - last) * p_rate);
+            IF level >= 1 THEN
+                UPDATE rate_buckets SET tokens = level - 1, updated_at = now_ts WHERE bucket = p_bucket;
+                RETURN 0;
+            END IF;
+            UPDATE rate_buckets SET tokens = level, updated_at = now_ts WHERE bucket = p_bucket;
+            RETURN (1 - level) / p_rate;
+        END
+        $$
+        """
+    )
+
+
+@pg_migration
+def ingested_at(con: Any) -> None:
+    """When PostgreSQL took each row (its transaction's start, on its one clock), so the DuckDB
+    mirror that ``compass sql`` and ``/stats`` read (``fleet_analysis``) fetches only newer rows."""
+    for table in ("requests", "rewards"):
+        con.execute(f"ALTER TABLE {table} ADD COLUMN ingested_at TIMESTAMPTZ NOT NULL DEFAULT now()")
+        con.execute(f"CREATE INDEX {table}_ingested_at ON {table} (ingested_at)")

@@ -88,9 +88,10 @@ class PostgresStore:
 
     backend = BACKEND
 
-    def __init__(self, url: str, connect_timeout_s: float = 5.0) -> None:
+    def __init__(self, url: str, connect_timeout_s: float = 5.0, migrate_schema: bool = True) -> None:
         self.url = url
         self.connect_timeout_s = connect_timeout_s
+        self.migrate_schema = migrate_schema  # False for a second connection of a process that migrated
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._con: Any = None
         self._thread_id: int | None = None
@@ -116,7 +117,7 @@ class PostgresStore:
     def _open_in_thread(self) -> list[str]:
         self._thread_id = threading.get_ident()
         self._con = connect(self.url, self.connect_timeout_s)
-        return migrate(self._con)
+        return migrate(self._con) if self.migrate_schema else []
 
     @property
     def connection(self) -> Any:

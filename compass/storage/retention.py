@@ -39,6 +39,7 @@ class RetentionSources(Protocol):
     settings: Settings
     db: Database | None
     cache: Any
+    rows: Any  # compass.storage.backend.RowStore: PostgreSQL's rows are purged there too
 
 
 log = logging.getLogger("compass.retention")
@@ -92,6 +93,29 @@ def purge_expired(con: Any, cutoff: dt.datetime, store_content: str = "full") ->
     return changed
 
 
+def purge_expired_pg(con: Any, cutoff: dt.datetime, store_content: str = "full") -> dict[str, int]:
+    """``purge_expired`` on the fleet store's ``requests`` and ``rewards`` (same columns, same result)."""
+    if store_content == "hash":
+        content = (
+            "UPDATE requests SET response_content = 'sha256:' || encode(sha256(convert_to(response_content,"
+            " 'UTF8')), 'hex') WHERE created_at < %s AND response_content IS NOT NULL"
+            " AND NOT starts_with(response_content, 'sha256:')"
+        )
+    else:
+        content = (
+            "UPDATE requests SET response_content = NULL WHERE created_at < %s AND "
+            + "response_content IS NOT NULL"
+        )
+    statements = {
+        "messages": "UPDATE requests SET messages = NULL WHERE created_at < %s AND messages IS NOT NULL",
+        "params": "UPDATE requests SET params = NULL WHERE created_at < %s AND params IS NOT NULL",
+        "response_content": content,
+        "comments": "UPDATE rewards SET comment = NULL WHERE created_at < %s AND comment IS NOT NULL",
+    }
+    with con.transaction():
+        return {name: con.execute(sql, [cutoff]).rowcount for name, sql in statements.items()}
+
+
 class RetentionTask:
     """The periodic purge for one gateway; does nothing when ``retention_days`` is not set."""
 
@@ -126,6 +150,10 @@ class RetentionTask:
         cutoff = (now or utcnow()) - dt.timedelta(seconds=self.retention_s)
         store = self.services.settings.storage.store_content
         result = await self.services.db.run(purge_expired, cutoff, store)
+        rows = getattr(self.services, "rows", None)
+        if rows is not None and rows.backend == "postgresql":  # fleet: the rows are there, not in db
+            for name, n in (await rows.run(purge_expired_pg, cutoff, store)).items():
+                result[name] = result.get(name, 0) + n
         evict = getattr(self.services.cache, "evict_older_than", None)
         if evict is not None:
             result["cache_entries"] = int(await evict(cutoff.replace(tzinfo=dt.UTC).timestamp()))

@@ -131,8 +131,9 @@ def ensure_target(directory: Path, *packages: str) -> bool:
 class LiteLLMProxy:
     """``litellm --config`` on a free loopback port, one uvicorn worker, no database."""
 
-    def __init__(self, home: Path, api_base: str) -> None:
+    def __init__(self, home: Path, api_base: str, workers: int = 1) -> None:
         self.home = home
+        self.workers = workers
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config = {
@@ -155,7 +156,7 @@ class LiteLLMProxy:
         env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
         env.update(QUIET_ENV)
         command = [str(LITELLM_VENV / "bin" / "litellm"), "--config", str(path), "--host", "127.0.0.1"]
-        command += ["--port", str(self.port), "--num_workers", "1"]
+        command += ["--port", str(self.port), "--num_workers", str(self.workers)]
         self._log = open(self.home / "litellm.log", "ab")  # closed in stop()
         self.process = subprocess.Popen(
             command, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.home

@@ -1,0 +1,140 @@
+"""Real gateway processes on one real PostgreSQL 15: ``compass serve --workers N`` and the fleet-wide
+rate limit (one budget per key for every replica, not one each)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import httpx
+import psycopg
+import pytest
+
+from compass.storage.keys import hash_key
+from compass.storage.migrations import migrate
+from ops.fake_upstream import FakeUpstream, instant_config
+from ops.procs import GatewayProcess
+
+MODELS = {"small": "simple", "medium": "medium", "large": "complex"}
+CHAT = "/v1/chat/completions"
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FakeUpstream]:
+    fake = FakeUpstream(instant_config(*MODELS)).start()
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+def fleet_config(upstream: FakeUpstream, pg_url: str, **extra: Any) -> dict[str, Any]:
+    pool = [
+        {"name": n, "litellm_model": f"openai/{n}", "api_base": upstream.url, "api_key": "k", "tier": t}
+        for n, t in MODELS.items()
+    ]
+    return {
+        "models": pool,
+        "classifier": {"backend": "length"},
+        "cache": {"enabled": False},
+        "storage": {"url": pg_url, "flush_interval_ms": 5},
+        **extra,
+    }
+
+
+def chat(client: httpx.Client, text: str, key: str | None = None) -> httpx.Response:
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    return client.post(
+        CHAT, json={"model": "auto", "messages": [{"role": "user", "content": text}]}, headers=headers
+    )
+
+
+def test_workers_share_one_port_and_one_store(tmp_path: Path, upstream: FakeUpstream, pg_url: str) -> None:
+    with GatewayProcess(
+        tmp_path / "home", fleet_config(upstream, pg_url), args=["--workers", "2"]
+    ) as gateway:
+        pids: set[int] = set()
+        deadline = time.monotonic() + 30
+        while len(pids) < 2 and time.monotonic() < deadline:  # each new connection may reach either worker
+            pids.add(httpx.get(f"{gateway.url}/health", timeout=10).json()["pid"])
+        assert len(pids) == 2 and gateway.process is not None and gateway.process.pid not in pids
+
+        def one(i: int) -> int:
+            with httpx.Client(base_url=gateway.url, timeout=30) as client:  # a connection each
+                return chat(client, f"question {i}").status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(one, range(40))) == [200] * 40
+        # any worker answers /stats and SQL with every worker's rows
+        for _ in range(4):
+            with httpx.Client(base_url=gateway.url, timeout=30) as client:
+                assert client.get("/stats").json()["total_calls"] >= 40 - 8  # others may still be flushing
+        time.sleep(0.5)
+        with psycopg.connect(pg_url) as con:
+            assert con.execute("SELECT count(*) FROM requests").fetchone()[0] == 40
+        with httpx.Client(base_url=gateway.url, timeout=30) as client:
+            assert client.get("/stats").json()["total_calls"] == 40
+            rows = client.post("/admin/api/sql", json={"sql": "SELECT count(*) FROM requests"}).json()["rows"]
+            assert rows == [[40]]
+        workers = sorted(p.name for p in (tmp_path / "home" / "workers").iterdir())
+        assert workers == sorted(str(p) for p in pids)  # each worker's scratch, none on the home's file
+    assert not (tmp_path / "home" / "workers").exists()  # removed at shutdown
+
+
+def same_keys_in(homes: list[Path], keys: dict[str, float]) -> dict[str, str]:
+    """The same client keys in every home's key table (keys move to PostgreSQL separately)."""
+    secrets = {f"key_{i}": f"sk-compass-fleet-test-{i}-{'x' * 20}" for i in range(len(keys))}
+    for home in homes:
+        home.mkdir(parents=True, exist_ok=True)
+        con = duckdb.connect(str(home / "compass.duckdb"))
+        migrate(con)
+        for (key_id, secret), rpm in zip(secrets.items(), keys.values(), strict=True):
+            con.execute(
+                "INSERT INTO api_keys (id, tenant, key_hash, prefix, created_at, requests_per_minute)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [key_id, f"tenant-{key_id}", hash_key(secret), secret[:10], dt.datetime(2026, 1, 1), rpm],
+            )
+        con.close()
+    return dict(zip(keys, secrets.values(), strict=True))
+
+
+def test_requests_per_minute_is_one_budget_per_key_across_two_replicas(
+    tmp_path: Path, upstream: FakeUpstream, pg_url: str
+) -> None:
+    homes = [tmp_path / "a", tmp_path / "b"]
+    keys = same_keys_in(homes, {"slow": 40.0, "fast": 90.0})
+    config = fleet_config(upstream, pg_url, security={"admin_key": "sk-admin-fleet-test-0123456789"})
+    with GatewayProcess(homes[0], config) as a, GatewayProcess(homes[1], config) as b:
+        clients = [httpx.Client(base_url=g.url, timeout=30) for g in (a, b)]
+        try:
+            for client in clients:  # both replicas up and the keys known
+                assert chat(client, "warm-up", keys["fast"]).status_code == 200
+            start = time.monotonic()
+            allowed = {name: 0 for name in keys}
+            refused = {name: 0 for name in keys}
+            for i in range(360):  # alternate replicas and keys, well over either budget
+                name = "slow" if i % 2 else "fast"
+                response = chat(clients[(i // 2) % 2], f"q{i}", keys[name])
+                if response.status_code == 200:
+                    allowed[name] += 1
+                else:
+                    assert response.status_code == 429 and int(response.headers["retry-after"]) >= 1
+                    assert response.json()["error"]["type"] == "rate_limit_error"
+                    refused[name] += 1
+            elapsed = time.monotonic() - start
+        finally:
+            for client in clients:
+                client.close()
+    for name, rpm in (("slow", 40.0), ("fast", 90.0)):
+        # the bucket: a burst of one minute's budget, refilled at rpm/60 a second (fast spent 1 on warm-up)
+        budget = rpm + elapsed * rpm / 60 - (2 if name == "fast" else 0)
+        assert abs(allowed[name] - budget) <= 0.05 * budget + 1, (name, allowed, refused, elapsed)
+        assert allowed[name] < 1.5 * rpm  # not one budget per replica (that would allow about 2 x rpm)
+    with psycopg.connect(pg_url) as con:
+        buckets = dict(con.execute("SELECT bucket, tokens FROM rate_buckets").fetchall())
+    assert set(buckets) == {"key_0", "key_1"} and all(t < 2 for t in buckets.values())
