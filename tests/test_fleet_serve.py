@@ -10,13 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import httpx
 import psycopg
 import pytest
 
 from compass.storage.keys import hash_key
-from compass.storage.migrations import migrate
+from compass.storage.pg_migrations import migrate as pg_migrate
 from ops.fake_upstream import FakeUpstream, instant_config
 from ops.procs import GatewayProcess
 
@@ -86,20 +85,17 @@ def test_workers_share_one_port_and_one_store(tmp_path: Path, upstream: FakeUpst
     assert not (tmp_path / "home" / "workers").exists()  # removed at shutdown
 
 
-def same_keys_in(homes: list[Path], keys: dict[str, float]) -> dict[str, str]:
-    """The same client keys in every home's key table (keys move to PostgreSQL separately)."""
+def fleet_keys(pg_url: str, keys: dict[str, float]) -> dict[str, str]:
+    """Client keys with their budgets in the fleet's key table, which every replica reads."""
     secrets = {f"key_{i}": f"sk-compass-fleet-test-{i}-{'x' * 20}" for i in range(len(keys))}
-    for home in homes:
-        home.mkdir(parents=True, exist_ok=True)
-        con = duckdb.connect(str(home / "compass.duckdb"))
-        migrate(con)
+    with psycopg.connect(pg_url, autocommit=True) as con:
+        pg_migrate(con)
         for (key_id, secret), rpm in zip(secrets.items(), keys.values(), strict=True):
             con.execute(
                 "INSERT INTO api_keys (id, tenant, key_hash, prefix, created_at, requests_per_minute)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                " VALUES (%s, %s, %s, %s, %s, %s)",
                 [key_id, f"tenant-{key_id}", hash_key(secret), secret[:10], dt.datetime(2026, 1, 1), rpm],
             )
-        con.close()
     return dict(zip(keys, secrets.values(), strict=True))
 
 
@@ -107,7 +103,7 @@ def test_requests_per_minute_is_one_budget_per_key_across_two_replicas(
     tmp_path: Path, upstream: FakeUpstream, pg_url: str
 ) -> None:
     homes = [tmp_path / "a", tmp_path / "b"]
-    keys = same_keys_in(homes, {"slow": 40.0, "fast": 90.0})
+    keys = fleet_keys(pg_url, {"slow": 40.0, "fast": 90.0})
     config = fleet_config(upstream, pg_url, security={"admin_key": "sk-admin-fleet-test-0123456789"})
     with GatewayProcess(homes[0], config) as a, GatewayProcess(homes[1], config) as b:
         clients = [httpx.Client(base_url=g.url, timeout=30) for g in (a, b)]
@@ -138,3 +134,26 @@ def test_requests_per_minute_is_one_budget_per_key_across_two_replicas(
     with psycopg.connect(pg_url) as con:
         buckets = dict(con.execute("SELECT bucket, tokens FROM rate_buckets").fetchall())
     assert set(buckets) == {"key_0", "key_1"} and all(t < 2 for t in buckets.values())
+
+
+def test_workers_share_keys_and_keep_the_spool_in_the_home(
+    tmp_path: Path, upstream: FakeUpstream, pg_url: str
+) -> None:
+    """A key made through one worker is honoured by the other; the outage spool outlives the workers."""
+    admin = {"authorization": "Bearer sk-admin-fleet-test-0123456789"}
+    config = fleet_config(upstream, pg_url, security={"admin_key": admin["authorization"][7:]})
+    home = tmp_path / "home"
+    with GatewayProcess(home, config, args=["--workers", "2"]) as gateway:
+        made = httpx.post(f"{gateway.url}/admin/api/keys", json={"tenant": "acme"}, headers=admin, timeout=10)
+        assert made.status_code == 201, made.text
+        key = made.json()["key"]
+        time.sleep(1.0)  # the issue's bound for every replica (and worker) to know a new key
+        answered: dict[int, int] = {}
+        for i in range(40):  # a new connection each, so both workers take some
+            with httpx.Client(base_url=gateway.url, timeout=30) as client:
+                pid = client.get("/health").json()["pid"]
+                answered[pid] = answered.get(pid, 0) + 1
+                assert chat(client, f"keyed question {i}", key).status_code == 200
+        assert len(answered) == 2
+        assert (home / "spool").is_dir() and not (home / "workers" / "spool").exists()
+    assert (home / "spool").is_dir()  # the scratch went, the spool root stays

@@ -52,7 +52,12 @@ REWARD_COLUMNS: dict[str, str] = {
     "comment": "string",
     "superseded": "bool",
 }
-TABLES = {"requests": REQUEST_COLUMNS, "rewards": REWARD_COLUMNS}
+# The prompt vectors (binary columns) stay in PostgreSQL: SQL analysis has no use for them, and
+# they would make up most of the mirror; the mirror's ``embedding`` columns stay NULL.
+TABLES = {
+    "requests": {name: kind for name, kind in REQUEST_COLUMNS.items() if kind != "binary"},
+    "rewards": REWARD_COLUMNS,
+}
 
 
 def _arrow_types(columns: dict[str, str]) -> dict[str, Any]:
