@@ -157,3 +157,28 @@ def test_workers_share_keys_and_keep_the_spool_in_the_home(
         assert len(answered) == 2
         assert (home / "spool").is_dir() and not (home / "workers" / "spool").exists()
     assert (home / "spool").is_dir()  # the scratch went, the spool root stays
+
+
+def test_a_stored_response_is_found_by_the_other_replica(
+    tmp_path: Path, upstream: FakeUpstream, pg_url: str
+) -> None:
+    """``previous_response_id`` and ``GET /v1/responses/{id}`` work whichever replica stored it."""
+    config = fleet_config(upstream, pg_url)
+    config["storage"] = {**config["storage"], "store_content": "full"}
+    with GatewayProcess(tmp_path / "a", config) as a, GatewayProcess(tmp_path / "b", config) as b:
+        ask = {"model": "auto", "input": "Name a colour."}
+        first = httpx.post(f"{a.url}/v1/responses", json=ask, timeout=30)
+        assert first.status_code == 200, first.text
+        resp_id = first.json()["id"]
+        time.sleep(0.3)  # A's batched write (50 ms window)
+        got = httpx.get(f"{b.url}/v1/responses/{resp_id}", timeout=30)
+        assert got.status_code == 200 and got.json()["output"] == first.json()["output"]
+        follow = httpx.post(
+            f"{b.url}/v1/responses",
+            json={"model": "auto", "input": "And another?", "previous_response_id": resp_id},
+            timeout=30,
+        )
+        assert follow.status_code == 200, follow.text
+        assert follow.json()["previous_response_id"] == resp_id
+        missing = httpx.get(f"{b.url}/v1/responses/resp_{'0' * 32}", timeout=30)
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "response_not_found"

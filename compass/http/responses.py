@@ -29,7 +29,9 @@ def response_store(services: Services) -> ResponseStore | None:
         return None
     store = services.extras.get("responses")
     if store is None:
-        store = services.extras["responses"] = ResponseStore(services.db, services.spawn)
+        rows = services.rows  # the fleet store with storage.url: every replica reads one table
+        where = rows.runner if rows is not None and rows.backend == "postgresql" else services.db
+        store = services.extras["responses"] = ResponseStore(where, services.spawn)
     return store
 
 

@@ -255,3 +255,22 @@ def ingested_at(con: Any) -> None:
     for table in ("requests", "rewards"):
         con.execute(f"ALTER TABLE {table} ADD COLUMN ingested_at TIMESTAMPTZ NOT NULL DEFAULT now()")
         con.execute(f"CREATE INDEX {table}_ingested_at ON {table} (ingested_at)")
+
+
+@pg_migration
+def responses_table(con: Any) -> None:
+    """Stored Responses API objects, as DuckDB's ``responses`` (JSON as jsonb), for every replica."""
+    con.execute(
+        """
+        CREATE TABLE responses (
+            id TEXT PRIMARY KEY,
+            request_id TEXT NOT NULL,
+            tenant TEXT NOT NULL,
+            created_at TIMESTAMP NOT NULL,
+            previous_response_id TEXT,
+            conversation JSONB NOT NULL,
+            response JSONB NOT NULL
+        )
+        """
+    )
+    con.execute("CREATE INDEX responses_created_at ON responses (created_at)")

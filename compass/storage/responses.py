@@ -4,6 +4,9 @@ Writes go to the database in the background, batched (one Arrow-table INSERT per
 one statement per response cost ~1 ms p50 at concurrency 1 in ``ops/bench/overhead --apis``);
 until a record lands it is served from memory, so a follow-up turn (``previous_response_id``)
 never races the write.
+
+In fleet mode (``storage.url``) the table is PostgreSQL's, so a follow-up turn or a ``GET`` may
+reach any replica or worker; ``ResponseStore`` picks the statements by the store's backend.
 """
 
 from __future__ import annotations
@@ -54,10 +57,38 @@ def _insert(con: Any, records: list[StoredResponse]) -> None:
         cursor.close()
 
 
-def _select(con: Any, resp_id: str, tenant: str) -> StoredResponse | None:
+def _insert_pg(con: Any, records: list[StoredResponse]) -> None:
+    now = utcnow()
+    rows = [
+        [
+            r.id,
+            r.request_id,
+            r.tenant,
+            now,
+            r.previous_response_id,
+            _JSON.encode(r.conversation).decode(),
+            _JSON.encode(r.response).decode(),
+        ]
+        for r in records
+    ]
+    with con.transaction(), con.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO responses (id, request_id, tenant, created_at, previous_response_id,"
+            " conversation, response) VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s::jsonb)"
+            " ON CONFLICT (id) DO UPDATE SET conversation = EXCLUDED.conversation,"
+            " response = EXCLUDED.response",
+            rows,
+        )
+
+
+def _select_pg(con: Any, resp_id: str, tenant: str) -> StoredResponse | None:
+    return _select(con, resp_id, tenant, mark="%s")
+
+
+def _select(con: Any, resp_id: str, tenant: str, mark: str = "?") -> StoredResponse | None:
     row = con.execute(
         "SELECT id, request_id, tenant, previous_response_id, conversation, response FROM responses"
-        " WHERE id = ? AND tenant = ?",
+        f" WHERE id = {mark} AND tenant = {mark}",
         [resp_id, tenant],
     ).fetchone()
     if row is None:
@@ -67,17 +98,26 @@ def _select(con: Any, resp_id: str, tenant: str) -> StoredResponse | None:
         request_id=row[1],
         tenant=row[2],
         previous_response_id=row[3],
-        conversation=msgspec.json.decode(row[4]),
-        response=msgspec.json.decode(row[5]),
+        conversation=_decoded(row[4]),
+        response=_decoded(row[5]),
     )
+
+
+def _decoded(value: Any) -> Any:
+    """DuckDB hands JSON back as text, psycopg hands jsonb back decoded."""
+    return msgspec.json.decode(value) if isinstance(value, str | bytes) else value
 
 
 class ResponseStore:
     def __init__(
-        self, db: Database, spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Future[None]] | None = None
+        self,
+        db: Database | Any,
+        spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Future[None]] | None = None,
     ) -> None:
         """``spawn`` runs the flush as the gateway's background work (awaited at stop)."""
         self.db = db
+        fleet = getattr(db, "backend", "duckdb") == "postgresql"
+        self._insert, self._select = (_insert_pg, _select_pg) if fleet else (_insert, _select)
         self.spawn = spawn or asyncio.ensure_future
         self.pending: dict[str, StoredResponse] = {}
         self._queue: list[StoredResponse] = []
@@ -95,7 +135,7 @@ class ResponseStore:
         await asyncio.sleep(BATCH_WINDOW_S)
         batch, self._queue, self._flushing = self._queue, [], None
         try:
-            await self.db.run(_insert, batch)
+            await self.db.run(self._insert, batch)
         finally:
             for record in batch:
                 if self.pending.get(record.id) is record:
@@ -105,4 +145,4 @@ class ResponseStore:
         record = self.pending.get(resp_id)
         if record is not None:
             return record if record.tenant == tenant else None
-        return await self.db.run(_select, resp_id, tenant)
+        return await self.db.run(self._select, resp_id, tenant)

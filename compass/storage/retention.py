@@ -94,7 +94,7 @@ def purge_expired(con: Any, cutoff: dt.datetime, store_content: str = "full") ->
 
 
 def purge_expired_pg(con: Any, cutoff: dt.datetime, store_content: str = "full") -> dict[str, int]:
-    """``purge_expired`` on the fleet store's ``requests`` and ``rewards`` (same columns, same result)."""
+    """``purge_expired`` on the fleet store's tables (same columns, same result)."""
     if store_content == "hash":
         content = (
             "UPDATE requests SET response_content = 'sha256:' || encode(sha256(convert_to(response_content,"
@@ -112,6 +112,7 @@ def purge_expired_pg(con: Any, cutoff: dt.datetime, store_content: str = "full")
         "response_content": content,
         "comments": "UPDATE rewards SET comment = NULL WHERE created_at < %s AND comment IS NOT NULL",
     }
+    statements["responses"] = "DELETE FROM responses WHERE created_at < %s"  # whole conversations
     with con.transaction():
         return {name: con.execute(sql, [cutoff]).rowcount for name, sql in statements.items()}
 
