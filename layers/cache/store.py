@@ -138,11 +138,16 @@ def hit_entry(
         cost = request_cost(con, request_id)
         if cost is not None:
             con.execute("UPDATE cache_entries SET cost_usd = ? WHERE id = ?", [cost, entry_id])
+    add_counters(con, hit_increments(pending, hit, tenant, cost))
+    return str(response), cost
+
+
+def hit_increments(pending: Increments, hit: Increments, tenant: str, cost: float | None) -> Increments:
+    """The counters one hit adds: the pending ones, the hit's, and the dollars it saved."""
     increments = dict(pending)
     for key, value in [*hit.items(), ((tenant, "usd_saved"), cost or 0.0)]:
         increments[key] = increments.get(key, 0.0) + value
-    add_counters(con, increments)
-    return str(response), cost
+    return increments
 
 
 def request_cost(con: duckdb.DuckDBPyConnection, request_id: str) -> float | None:

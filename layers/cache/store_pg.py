@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from layers.cache.store import ENTRY_COLUMNS, HIGH_WATER, META_TENANT, Increments
+from layers.cache.store import ENTRY_COLUMNS, HIGH_WATER, META_TENANT, Increments, hit_increments
 from layers.cache.stores import CacheStore, Notify
 
 if TYPE_CHECKING:
@@ -146,10 +146,7 @@ def hit_entry_pg(
             cost = None if found is None or found[0] is None else float(found[0])
             if cost is not None:
                 con.execute("UPDATE cache_entries SET cost_usd = %s WHERE id = %s", [cost, entry_id])
-        increments = dict(pending)
-        for key, value in [*hit.items(), ((tenant, "usd_saved"), cost or 0.0)]:
-            increments[key] = increments.get(key, 0.0) + value
-        add_counters_pg(con, increments)
+        add_counters_pg(con, hit_increments(pending, hit, tenant, cost))
     return str(response), cost
 
 
