@@ -172,3 +172,28 @@ def test_compass_train_history_builds_memory_and_priors_from_the_gateways_own_fe
         {**summary["selector_options"], "seed": 1}, [services.pool[m] for m in services.pool]
     )
     assert trained.prior.n == len(answers) and set(models) <= set(services.pool)
+
+
+def test_compass_train_history_reads_the_fleet_store_with_storage_url(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bare ``--history`` with ``COMPASS_DATABASE_URL``: the fleet's reward rows, vectors included."""
+    import json
+
+    from click.testing import CliRunner
+
+    from compass.cli.main import main
+
+    client, _ = gateway(tmp_path / "home", MockUpstream(), **{"storage.url": pg_url})
+    with client:
+        answers = rated_session(client, 6)
+    monkeypatch.setenv("COMPASS_DATABASE_URL", pg_url)
+    monkeypatch.setenv("COMPASS_HOME", str(tmp_path / "elsewhere"))  # nothing local to read
+    out = tmp_path / "trained"
+    result = CliRunner().invoke(main, ["train", "--out", str(out / "priors.json"), "--json", "--history"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["reward_rows"] == len(answers) and summary["memory_rows"] == len(answers)
+    assert summary["history"].startswith("postgresql://") and "compass-test" not in summary["history"]
+    with np.load(out / "priors.npz") as memory:
+        assert memory["vectors"].shape == (len(answers), 384)

@@ -70,10 +70,13 @@ def _renames(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--rename", multiple=True, help="DATASET_MODEL=POOL_MODEL; repeat for each model.")
 @click.option(
     "--history",
-    type=click.Path(exists=True),
     default=None,
-    help="Train on the gateway's own rewarded requests: a .duckdb file or a COMPASS_HOME.",
+    is_flag=False,
+    flag_value="",
+    help="Train on the gateway's own rewarded requests: a .duckdb file, a COMPASS_HOME or a"
+    " postgresql:// URL (alone: this configuration's store, storage.url or its DuckDB file).",
 )
+@click.option("--config", type=click.Path(dir_okay=False), default=None, help="--history: compass.yaml.")
 @click.option(
     "--memory",
     "memory_path",
@@ -91,6 +94,7 @@ def train_command(
     cap: float | None,
     rename: tuple[str, ...],
     history: str | None,
+    config: str | None,
     memory_path: str | None,
     as_json: bool,
 ) -> None:
@@ -98,6 +102,11 @@ def train_command(
     from compass.replay.train import train_priors
 
     if history is not None:
+        if not history:  # bare --history: where this configuration keeps its history
+            from compass.cli.common import load_or_exit
+
+            settings = load_or_exit(config)
+            history = settings.storage.url or str(settings.database_path)
         _train_history(history, out_path, memory_path, cap, as_json)
         return
     try:
@@ -148,11 +157,12 @@ def _write_memory(path: str, memory: dict) -> None:
 def _train_history(
     history: str, out_path: str, memory_path: str | None, cap: float | None, as_json: bool
 ) -> None:
+    from compass.errors import ConfigError
     from compass.replay.train import train_history
 
     try:
         memory, priors = train_history(history, cap)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from exc
     path = Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)

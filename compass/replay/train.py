@@ -67,10 +67,24 @@ def train_priors(
     }
 
 
+def fleet_reward_events(url: str) -> tuple[list[Any], str]:
+    """The fold's reward events on the fleet store, in the live fold's order, with their vectors."""
+    from compass.storage.pg_rows import load_reward_events_pg
+    from compass.storage.postgres import connect, redact
+
+    con = connect(url)
+    try:
+        events, _ = load_reward_events_pg(con)
+    finally:
+        con.close()
+    return events, f"read the fleet store {redact(url)}"
+
+
 def train_history(path: str, cap: float | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Memory rows and priors from the gateway's own rewarded requests (``compass train --history``).
 
-    ``path`` is a ``.duckdb`` file or a COMPASS_HOME. Every non-superseded reward row is used once,
+    ``path`` is a ``.duckdb`` file, a COMPASS_HOME, or the fleet store's ``postgresql://`` URL (its
+    reward rows are read directly, vectors included). Every non-superseded reward row is used once,
     a request's feedback winning over a failure of the same model (as the live fold files them):
 
     - memory: one row per rewarded request that stored its vector, the rewards of the models it
@@ -83,8 +97,14 @@ def train_history(path: str, cap: float | None = None) -> tuple[dict[str, Any], 
     """
     from compass.replay.history import chosen_rewards, read_history, resolve_db
 
-    db = resolve_db(path)
-    _, events, how = read_history(db)
+    if str(path).startswith(("postgresql://", "postgres://")):
+        from compass.storage.postgres import redact
+
+        events, how = fleet_reward_events(str(path))
+        db: Any = redact(str(path))
+    else:
+        db = resolve_db(path)
+        _, events, how = read_history(db)
     if not events:
         raise ValueError(f"{db} has no rewarded requests (POST /feedback or upstream failures)")
     rewards = chosen_rewards(events)
