@@ -146,6 +146,7 @@ def utcnow() -> dt.datetime:
 
 
 _STOP: dict[str, Any] = {}
+_WAKE: dict[str, Any] = {}  # no row: wakes the loop (the fleet writer's retries while the store is down)
 
 
 class HistoryWriter:
@@ -193,19 +194,33 @@ class HistoryWriter:
     def admit(self) -> None:
         """Raise (503) when a new request's row could not be kept; the fleet's spool can fill."""
 
+    async def _before_batch(self) -> None:
+        """Runs before the loop waits for the next row (the fleet writer retries the store here)."""
+
+    def _gather_s(self, first: dict[str, Any]) -> float:
+        """How long to let a batch gather after its first row.
+
+        batched: a flush interval; strict (a response waits): write now, the rows that queue
+        during this insert are the next group.
+        """
+        return 0 if "_committed" in first else self.flush_interval_s
+
     async def _run(self) -> None:
         stopping = False
         while not stopping:
+            await self._before_batch()
             first = await self._queue.get()
+            if first is _WAKE:
+                continue
             if first is _STOP:
                 break
             self._in_flight = 1
-            # batched: let a batch gather; strict (a response waits): write now, the rows that
-            # queue during this insert are the next group
-            await asyncio.sleep(0 if "_committed" in first else self.flush_interval_s)
+            await asyncio.sleep(self._gather_s(first))
             batch = [first]
             while len(batch) < self.batch_size and not self._queue.empty():
                 row = self._queue.get_nowait()
+                if row is _WAKE:
+                    continue
                 if row is _STOP:
                     stopping = True
                     break
@@ -262,7 +277,7 @@ class HistoryWriter:
         rest = []
         while not self._queue.empty():
             row = self._queue.get_nowait()
-            if row is not _STOP:
+            if row is not _STOP and row is not _WAKE:
                 rest.append(row)
         if rest:
             await self._write(rest)

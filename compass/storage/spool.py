@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from compass.errors import SpoolFull, StoreUnavailable
-from compass.storage.history import _STOP, REQUEST_COLUMNS, HistoryWriter
+from compass.storage.history import _WAKE, REQUEST_COLUMNS, HistoryWriter
 from compass.storage.journal import SEGMENT_BYTES, Journal, read_rows, segment_number, segments
 from compass.storage.pg_rows import insert_requests_pg
 from compass.storage.rewards import REWARD_COLUMNS, reward_insert
@@ -56,7 +56,6 @@ TIMESTAMPS = tuple(name for name, kind in REQUEST_COLUMNS.items() if kind == "ti
 BINARY = tuple(name for name, kind in REQUEST_COLUMNS.items() if kind == "binary")  # base64 on disk
 _EVENT_FIELDS = ("request_id", "context", "model", "reward", "ts", "source", "embedding")
 _REWARD_BINARY = tuple(i for i, name in enumerate(REWARD_COLUMNS) if name == "embedding")
-_TICK: dict[str, Any] = {}  # wakes the writer while the store is down and no rows arrive
 
 
 LOCK = "owner.lock"
@@ -258,41 +257,21 @@ class FleetWriter(HistoryWriter):
         while True:
             await asyncio.sleep(self.retry_s)
             if self.down_since is not None and self._queue.empty():
-                self._queue.put_nowait(_TICK)
+                self._queue.put_nowait(_WAKE)  # no rows arrive: wake the retry
 
     def _append(self, item: dict[str, Any]) -> None:
         if "_journal" not in item:
             item["_journal"] = self.spool.append(item)
 
-    async def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            if self.down_since is not None and time.monotonic() >= self._next_try:
-                await self._try_replay()
-            first = await self._queue.get()
-            if first is _TICK:
-                continue
-            if first is _STOP:
-                break
-            self._in_flight = 1
-            if self.down_since is None and "_committed" not in first:
-                await asyncio.sleep(self.flush_interval_s)
-            batch = [first]
-            while len(batch) < self.batch_size and not self._queue.empty():
-                row = self._queue.get_nowait()
-                if row is _TICK:
-                    continue
-                if row is _STOP:
-                    stopping = True
-                    break
-                batch.append(row)
-            self._in_flight = len(batch)
-            await self._write(batch)
-            self._in_flight = 0
+    async def _before_batch(self) -> None:
+        if self.down_since is not None and time.monotonic() >= self._next_try:
+            await self._try_replay()
+
+    def _gather_s(self, first: dict[str, Any]) -> float:
+        return 0 if self.down_since is not None else super()._gather_s(first)  # down: spool at once
 
     async def _write(self, batch: list[dict[str, Any]]) -> None:
         fresh = []
-        batch = [row for row in batch if row is not _TICK]
         for row in batch:
             if row.get("_journal", 0) and row["_journal"] <= self._skip_through:
                 row.pop("_journal")
