@@ -53,6 +53,18 @@ def spool_lines(home: Path) -> int:
     return sum(len(p.read_bytes().splitlines()) for p in (home / "spool").rglob("*.jsonl"))
 
 
+def outage(cluster: Any, before_s: float, down_s: float, after_s: float) -> tuple[float, float]:
+    """Under the running load: PostgreSQL stopped for ``down_s``, then started; ``(down_at, up_at)``."""
+    time.sleep(before_s)
+    down_at = time.monotonic()
+    cluster.stop_server("fast")
+    time.sleep(down_s)
+    up_at = time.monotonic()
+    cluster.start_server()
+    time.sleep(after_s)
+    return down_at, up_at
+
+
 def pg_restart(
     upstream_url: str, work: Path, clients: int = 8, phases: tuple[float, ...] = (3, 5, 4)
 ) -> dict[str, Any]:
@@ -63,13 +75,7 @@ def pg_restart(
     try:
         gateway.start()
         with HealthWatch(gateway.url) as watch, Load([gateway.url], clients, stream_share=0.25) as load:
-            time.sleep(before_s)
-            down_at = time.monotonic()
-            cluster.stop_server("fast")
-            time.sleep(down_s)
-            up_at = time.monotonic()
-            cluster.start_server()
-            time.sleep(after_s)
+            down_at, up_at = outage(cluster, before_s, down_s, after_s)
         healthy_after_s = watch.ok_after(up_at)
         gateway.stop()
         stored = store_ids(cluster.url())
@@ -196,13 +202,7 @@ def spool_full(
     try:
         gateway.start()
         with HealthWatch(gateway.url) as watch, Load([gateway.url], clients) as load:
-            time.sleep(before_s)
-            down_at = time.monotonic()
-            cluster.stop_server("fast")
-            time.sleep(down_s)
-            up_at = time.monotonic()
-            cluster.start_server()
-            time.sleep(after_s)
+            down_at, up_at = outage(cluster, before_s, down_s, after_s)
         gateway.stop()
         stored = store_ids(cluster.url())
     finally:
