@@ -114,9 +114,7 @@ def train_command(
             doc = train_priors(data, data_dir, classifier, context, cap, _renames(rename), progress)
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
-    path = Path(out_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_clean(doc), indent=1), encoding="utf-8")
+    path = _write_priors(out_path, doc)
     summary = {
         "wrote": str(path),
         "contexts": len(doc["contexts"]),
@@ -146,6 +144,13 @@ def train_command(
         )
 
 
+def _write_priors(out_path: str, doc: dict) -> Path:
+    path = Path(out_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_clean(doc), indent=1), encoding="utf-8")
+    return path
+
+
 def _write_memory(path: str, memory: dict) -> None:
     import numpy as np
 
@@ -164,9 +169,7 @@ def _train_history(
         memory, priors = train_history(history, cap)
     except (FileNotFoundError, ValueError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from exc
-    path = Path(out_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_clean(priors), indent=1), encoding="utf-8")
+    path = _write_priors(out_path, priors)
     memory_file = memory_path or str(path.with_suffix(".npz"))
     _write_memory(memory_file, memory)
     summary = {
