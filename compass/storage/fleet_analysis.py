@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from compass.storage.history import REQUEST_COLUMNS
+from compass.storage.history import REQUEST_COLUMNS, arrow_kinds
 
 T = TypeVar("T")
 
@@ -63,14 +63,7 @@ TABLES = {
 def _arrow_types(columns: dict[str, str]) -> dict[str, Any]:
     import pyarrow as pa
 
-    kinds = {
-        "string": pa.string(),
-        "json": pa.string(),
-        "timestamp": pa.timestamp("us"),
-        "bool": pa.bool_(),
-        "float64": pa.float64(),
-        "int32": pa.int32(),
-    }
+    kinds = arrow_kinds()
     types = {name: kinds[kind] for name, kind in columns.items()}
     types["ingested_at"] = pa.timestamp("us")  # naive UTC: to_char below
     return types

@@ -77,10 +77,11 @@ REQUEST_COLUMNS: dict[str, str] = {
 _JSON = msgspec.json.Encoder()
 
 
-def _arrow_schema() -> Any:
+def arrow_kinds() -> dict[str, Any]:
+    """The Arrow type of each column kind in ``REQUEST_COLUMNS`` (JSON travels as text)."""
     import pyarrow as pa
 
-    types = {
+    return {
         "string": pa.string(),
         "json": pa.string(),
         "timestamp": pa.timestamp("us"),
@@ -89,6 +90,12 @@ def _arrow_schema() -> Any:
         "int32": pa.int32(),
         "binary": pa.binary(),
     }
+
+
+def _arrow_schema() -> Any:
+    import pyarrow as pa
+
+    types = arrow_kinds()
     return pa.schema([(name, types[kind]) for name, kind in REQUEST_COLUMNS.items()])
 
 
