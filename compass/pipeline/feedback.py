@@ -203,6 +203,8 @@ async def spool_offline(
             f"request {request_id!r}'s row is not on disk yet; retry shortly", param="id"
         ) from cause
     event = local_event(entry, request_id, reward, ts)
+    if writer.on_feedback is None:  # the only way lines get into this process's spool: settle them
+        writer.on_feedback = functools.partial(settle_spooled, services)
     assumed = [entry.feedback] if entry.feedback is not None else []
     writer.record_feedback(feedback_item(reward_id, request_id, tenant, reward, comment, ts, assumed))
     entry.feedback = event

@@ -6,7 +6,7 @@ restart fold was read at, with one handler per event kind:
 - ``reward``: the selector forgets the rewards the new one superseded and observes it, exactly
   what the replica that accepted the feedback did, so every replica's posteriors stay one fold
   (the history writer's recent requests note it too: feedback spooled in an outage knows what it
-  supersedes); feedback this replica spooled in an outage is settled once it is stored;
+  supersedes);
 - ``cache_put`` / ``cache_del``: the cache adds the entry (metadata and vector, read by id) to
   its FAISS index, or drops it;
 - ``keys``: the key table is reloaded (registered by the HTTP app, which owns the key ring).
@@ -53,10 +53,6 @@ def start_following(services: Any) -> Follower | None:
     follower = Follower(link.url, rows.origin, link.connect_timeout_s)
 
     recent = getattr(services.history, "recent", None)
-    if hasattr(services.history, "on_feedback"):
-        from compass.pipeline.feedback import settle_spooled
-
-        services.history.on_feedback = lambda applied: settle_spooled(services, applied)
 
     async def on_rewards(batch: list[FleetEvent]) -> None:
         selector = services.selector
