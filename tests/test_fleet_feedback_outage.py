@@ -192,3 +192,47 @@ def test_replay_corrects_what_the_replica_assumed_was_active(pg_url: str) -> Non
         assert store.run_sync(apply_spooled_feedback, [wrong_tenant], "replica-a") == []
     finally:
         store.close()
+
+
+def test_a_thumbs_down_during_the_outage_evicts_the_cached_answer_once_it_is_stored(
+    tmp_path: Path, cluster: Cluster
+) -> None:
+    url = cluster.url()
+    question = {"messages": [{"role": "user", "content": "How do I learn the cello?"}], "temperature": 0}
+    with gateway(tmp_path, url, **{"cache.enabled": True}) as client:
+        first = client.post(CHAT, json=question).json()["id"]
+        assert wait_for(lambda: client.get("/admin/api/cache").json()["entries"] == 1)
+        cluster.stop_server("fast")
+        answer = client.post("/feedback", json={"id": first, "thumbs": "down"}).json()
+        assert answer["spooled"] and answer["cache_evicted"] == 0  # the eviction needs the store
+        cluster.start_server()
+        assert wait_for(lambda: client.get("/health").json()["status"] == "ok")
+        assert wait_for(lambda: client.get("/admin/api/cache").json()["entries"] == 0)
+        with psycopg.connect(url) as con:  # gone from the store too, so no replica reloads it
+            assert con.execute("SELECT count(*) FROM cache_entries").fetchone()[0] == 0
+        assert client.post(CHAT, json=question).headers["x-compass-cache"] == "miss"
+
+
+def test_tenant_scoping_holds_for_feedback_checked_without_the_store(
+    tmp_path: Path, cluster: Cluster
+) -> None:
+    admin = {"authorization": "Bearer adm-outage-test"}
+    with gateway(tmp_path, cluster.url(), **{"security.admin_key": "adm-outage-test"}) as client:
+        keys = {}
+        for tenant in ("t1", "t2"):
+            made = client.post("/admin/api/keys", json={"tenant": tenant}, headers=admin)
+            assert made.status_code == 201, made.text
+            keys[tenant] = {"authorization": f"Bearer {made.json()['key']}"}
+        body = {"messages": [{"role": "user", "content": "tenant one asks"}]}
+        served = client.post(CHAT, json=body, headers=keys["t1"]).json()["id"]
+        cluster.stop_server("fast")
+        rating = {"id": served, "thumbs": "up"}
+        other = client.post("/feedback", json=rating, headers=keys["t2"])
+        assert other.status_code == 404, other.text  # known here, and not tenant two's
+        assert other.json()["error"]["code"] == "request_not_found"
+        for who in (keys["t1"], admin):
+            answer = client.post("/feedback", json=rating, headers=who)
+            assert answer.status_code == 200 and answer.json()["spooled"], answer.text
+        cluster.start_server()
+        assert wait_for(lambda: client.get("/health").json()["status"] == "ok")
+    assert [(r[0], r[2]) for r in feedback_rows(cluster.url())] == [(served, True), (served, False)]
