@@ -187,9 +187,16 @@ def test_replay_corrects_what_the_replica_assumed_was_active(pg_url: str) -> Non
         item = feedback_item("w2", "r1", "t", 0.0, None, 6.0, [])  # it knew of no earlier rating
         (applied,) = store.run_sync(apply_spooled_feedback, [item], "replica-a")
         assert applied.forget == [other["event"]] and applied.restore == []
-        assert store.run_sync(apply_spooled_feedback, [item], "replica-a") == []  # applied before
+        (again,) = store.run_sync(apply_spooled_feedback, [item], "replica-a")
+        assert again.event is None and again.reward_id == "w2"  # applied before: nothing changes
         wrong_tenant = feedback_item("w3", "r1", "u", 0.0, None, 7.0, [])
-        assert store.run_sync(apply_spooled_feedback, [wrong_tenant], "replica-a") == []
+        assert [a.event for a in store.run_sync(apply_spooled_feedback, [wrong_tenant], "replica-a")] == [
+            None
+        ]
+        active = store.run_sync(
+            lambda con: con.execute("SELECT id FROM rewards WHERE NOT superseded").fetchall()
+        )
+        assert active == [("w2",)]
     finally:
         store.close()
 
@@ -236,3 +243,25 @@ def test_tenant_scoping_holds_for_feedback_checked_without_the_store(
         cluster.start_server()
         assert wait_for(lambda: client.get("/health").json()["status"] == "ok")
     assert [(r[0], r[2]) for r in feedback_rows(cluster.url())] == [(served, True), (served, False)]
+
+
+def test_feedback_after_reconnect_queues_behind_the_spooled_feedback_it_supersedes(
+    tmp_path: Path, cluster: Cluster
+) -> None:
+    """Until the spool is replayed, newer feedback for a request goes through it too, in order."""
+    url = cluster.url()
+    settings = make_settings(tmp_path, MOCK_POOL, **{"storage.url": url, **THOMPSON})
+    services = build_services(settings, upstream=MockUpstream())
+    with TestClient(create_app(settings, services)) as client:
+        served = chat(client, "rated twice")
+        cluster.stop_server("fast")
+        assert client.post("/feedback", json={"id": served, "thumbs": "down"}).json()["spooled"]
+        assert services.history is not None
+        services.history.retry_s = 3.0  # hold the replay back: the store answers before it runs
+        time.sleep(0.6)  # the pending retry (0.5 s) fails and the next waits 3 s
+        cluster.start_server()
+        assert client.get("/health").json()["status"] == "degraded"
+        later = client.post("/feedback", json={"id": served, "thumbs": "up"}).json()
+        assert later["spooled"] and later["replaced"] == 1
+        assert wait_for(lambda: client.get("/health").json()["status"] == "ok")
+    assert [(r[1], r[2]) for r in feedback_rows(url)] == [(0.0, True), (1.0, False)]

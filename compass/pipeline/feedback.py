@@ -85,10 +85,13 @@ async def submit_feedback(
     # Fleet: the row's id is chosen here, so a commit whose answer the connection lost and the
     # spooled retry of the same feedback are one row, not two.
     reward_id = uuid.uuid4().hex
+    must_spool = getattr(services.history, "must_spool", None)
+    if must_spool is not None and must_spool(feedback.id):  # in order behind what the spool holds
+        return await spool_offline(services, feedback.id, tenant, reward, comment, ts, reward_id)
     try:
         result = await _apply(services, feedback.id, tenant, reward, comment, ts, reward_id)
     except StoreUnavailable as exc:
-        if not hasattr(services.history, "record_feedback"):
+        if must_spool is None:
             raise
         return await spool_offline(services, feedback.id, tenant, reward, comment, ts, reward_id, exc)
     event: RewardEvent = result["event"]
@@ -180,7 +183,7 @@ async def spool_offline(
     comment: str | None,
     ts: float,
     reward_id: str,
-    cause: StoreUnavailable,
+    cause: StoreUnavailable | None = None,
 ) -> dict[str, Any]:
     """The store is away: accept feedback for a request this replica served, on disk first."""
     from compass.storage.spool_feedback import feedback_item, local_event
@@ -227,6 +230,8 @@ def settle_spooled(services: Services, applied: list[Any]) -> None:
     """
     selector = services.selector
     for item in applied:
+        if item.event is None:
+            continue  # stored before: settled then
         if selector is not None and item.event.context != UNROUTED_CONTEXT:
             for old in item.restore:
                 selector.observe(old)

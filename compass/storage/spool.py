@@ -263,6 +263,7 @@ class FleetWriter(HistoryWriter):
 
     def record_feedback(self, item: dict[str, Any]) -> None:
         """Feedback accepted while the store is away: on disk before its answer, applied later."""
+        self.recent.spooled(item["reward_id"], item["request_id"])
         self._append(item)
         self._queue.put_nowait(item)
         self._queued += 1
@@ -306,9 +307,18 @@ class FleetWriter(HistoryWriter):
 
     def _settle(self, applied: list[Applied]) -> None:
         """Spooled feedback reached the store: count it and let the pipeline settle its memory."""
-        self.feedback_applied += len(applied)
-        if applied and self.on_feedback is not None:
-            self.on_feedback(applied)
+        for item in applied:
+            self.recent.settled(item.reward_id)
+        stored = [item for item in applied if item.event is not None]
+        self.feedback_applied += len(stored)
+        if stored and self.on_feedback is not None:
+            self.on_feedback(stored)
+
+    def must_spool(self, request_id: str) -> bool:
+        """Feedback for ``request_id`` goes through the spool: it waits there already, or the store
+        is away (or its replay is not done) and this replica can check the request itself."""
+        known = self.down_since is not None and self.recent.get(request_id) is not None
+        return known or self.recent.waiting(request_id)
 
     async def _before_batch(self) -> None:
         if self.down_since is not None and time.monotonic() >= self._next_try:

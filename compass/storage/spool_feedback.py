@@ -28,7 +28,7 @@ restarted one's do.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +61,8 @@ class RecentRequests:
     def __init__(self, size: int = RECENT_REQUESTS) -> None:
         self.size = size
         self._rows: OrderedDict[str, RecentRequest] = OrderedDict()
+        self._waiting: dict[str, str] = {}  # reward id -> request id: spooled, not yet in the store
+        self._waiting_for: Counter[str] = Counter()  # request id -> spooled feedback lines waiting
 
     def note(self, row: dict[str, Any]) -> RecentRequest | None:
         request_id = row.get("id")
@@ -86,6 +88,22 @@ class RecentRequests:
         entry = self._rows.get(event.request_id)
         if entry is not None and event.source == "feedback":
             entry.feedback = event
+
+    def spooled(self, reward_id: str, request_id: str) -> None:
+        self._waiting[reward_id] = request_id
+        self._waiting_for[request_id] += 1
+
+    def settled(self, reward_id: str) -> None:
+        """A spooled line reached the store (or was there already): idempotent by its id."""
+        request_id = self._waiting.pop(reward_id, None)
+        if request_id is not None:
+            self._waiting_for[request_id] -= 1
+            if self._waiting_for[request_id] <= 0:
+                del self._waiting_for[request_id]
+
+    def waiting(self, request_id: str) -> bool:
+        """Feedback for it waits in the spool: newer feedback must queue behind it, not overtake it."""
+        return request_id in self._waiting_for
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -121,10 +139,11 @@ def feedback_item(
 
 @dataclass
 class Applied:
-    """One spooled feedback written to the store now (not one applied before)."""
+    """One spooled feedback line after its replay; ``event`` None: stored before, or no request row."""
 
+    reward_id: str
     request_id: str
-    event: RewardEvent
+    event: RewardEvent | None
     cache_entry_id: str | None = None
     forget: list[RewardEvent] = field(default_factory=list)  # the correction: stored, not assumed
     restore: list[RewardEvent] = field(default_factory=list)  # assumed, not what the store had
@@ -146,13 +165,14 @@ def apply_spooled_feedback(con: Any, items: list[dict[str, Any]], origin: str = 
         )
         if result is None:  # its request row precedes it in the spool: only a lost row gets here
             log.error("spool: feedback for %s found no request row; it is dropped", item["request_id"])
+        if result is None or result.get("already"):  # already: a replayed segment, a lost answer
+            out.append(Applied(reward_id=item["reward_id"], request_id=item["request_id"], event=None))
             continue
-        if result.get("already"):
-            continue  # applied before: a segment replayed after a crash or a lost commit answer
         assumed = [reward_event_of(e) for e in item.get("assumed", ())]
         replaced: list[RewardEvent] = result["replaced"]
         out.append(
             Applied(
+                reward_id=item["reward_id"],
                 request_id=item["request_id"],
                 event=result["event"],
                 cache_entry_id=result["cache_entry_id"],
