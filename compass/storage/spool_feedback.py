@@ -42,7 +42,7 @@ FEEDBACK_KIND = "feedback"  # a spooled feedback line: {"kind": "feedback", "rew
 RECENT_REQUESTS = 20_000  # requests per process whose feedback can be checked without the store
 
 
-@dataclass
+@dataclass(slots=True)
 class RecentRequest:
     """What ``apply_feedback_pg``'s read returns for one request this process served."""
 
