@@ -12,6 +12,7 @@ reconnect (``settle_spooled``). See compass/storage/spool_feedback.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -47,7 +48,8 @@ def record_failure(
         source="failure",
         embedding=embedding_bytes(embedding),
     )
-    if services.selector is not None:
+    gate = services.extras.get("fleet_gate")  # fleet: a resync rebuilding the posteriors holds it
+    if services.selector is not None and not (gate is not None and gate.defer(event)):
         services.selector.observe(event)
     spool = getattr(services.history, "record_reward", None)  # fleet: on disk, outlives an outage
     if spool is not None:
@@ -73,6 +75,12 @@ async def submit_feedback(
     services: Services, feedback: FeedbackRequest, tenant: str | None
 ) -> dict[str, Any]:
     """Store one feedback row and teach the selector; ``tenant=None`` means any tenant (admin)."""
+    gate = services.extras.get("fleet_gate")  # fleet: a resync rebuilding the posteriors holds it
+    async with gate.passing() if gate is not None else contextlib.nullcontext():
+        return await _submit(services, feedback, tenant)
+
+
+async def _submit(services: Services, feedback: FeedbackRequest, tenant: str | None) -> dict[str, Any]:
     from compass.pipeline.responses import request_id_of
 
     reward = reward_of(feedback)

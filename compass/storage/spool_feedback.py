@@ -105,6 +105,9 @@ class RecentRequests:
         """Feedback for it waits in the spool: newer feedback must queue behind it, not overtake it."""
         return request_id in self._waiting_for
 
+    def has_waiting(self) -> bool:
+        return bool(self._waiting)
+
     def __len__(self) -> int:
         return len(self._rows)
 
