@@ -386,6 +386,8 @@ class FleetWriter(HistoryWriter):
             self.spool.committed(seqs)
         for row in rows:
             _durable(row)
+            if row.get("kind") == FEEDBACK_KIND:  # stored, or failed for good and logged: not waiting
+                self.recent.settled(row["reward_id"])
             future = row.pop("_committed", None)
             if future is not None and not future.done():
                 future.set_result(None)
