@@ -265,3 +265,41 @@ def test_feedback_after_reconnect_queues_behind_the_spooled_feedback_it_supersed
         assert later["spooled"] and later["replaced"] == 1
         assert wait_for(lambda: client.get("/health").json()["status"] == "ok")
     assert [(r[1], r[2]) for r in feedback_rows(url)] == [(0.0, True), (1.0, False)]
+
+
+def test_a_replica_cut_off_alone_corrects_its_posteriors_when_another_rated_the_request_meanwhile(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """A loses PostgreSQL (its store and its follower point at a closed port); B does not.
+
+    B rates A's request while A is away; A rates it too, offline, assuming its own earlier rating
+    is the one it supersedes. At replay the store says B's was: A corrects by the difference, so
+    A, B and a fresh replica end with the same posteriors.
+    """
+    from ops.ports import free_port
+
+    settings_a = make_settings(tmp_path / "a", MOCK_POOL, **{"storage.url": pg_url, **THOMPSON})
+    services_a = build_services(settings_a, upstream=MockUpstream())
+    with TestClient(create_app(settings_a, services_a)) as a, gateway(tmp_path / "b", pg_url) as b:
+        served = chat(a, "rated on both sides of a partition")
+        assert a.post("/feedback", json={"id": served, "thumbs": "up"}).status_code == 200
+        assert wait_for(lambda: posteriors(a) == posteriors(b))
+        assert services_a.rows is not None and services_a.rows.fleet is not None
+        store, follower = services_a.rows.runner, services_a.rows.fleet.follower
+        closed = f"postgresql://compass:pw@127.0.0.1:{free_port()}/compass"
+        (store.url, real), (follower.url, _) = (closed, store.url), (closed, follower.url)
+        with psycopg.connect(pg_url, autocommit=True) as con:
+            for pid in (store._con.info.backend_pid, follower._con.info.backend_pid):
+                con.execute("SELECT pg_terminate_backend(%s)", [pid])
+        assert b.post("/feedback", json={"id": served, "score": 0.25}).status_code == 200
+        offline = a.post("/feedback", json={"id": served, "thumbs": "down"}).json()
+        assert offline["spooled"] and offline["replaced"] == 1  # it assumed its own "up"
+        followed = follower.applied
+        store.url = follower.url = real
+        assert wait_for(lambda: a.get("/health").json()["status"] == "ok")
+        assert wait_for(lambda: follower.applied > followed)  # A has B's rating now, too
+        assert wait_for(lambda: posteriors(a) == posteriors(b)), (posteriors(a), posteriors(b))
+        live = posteriors(a)
+    assert [(r[1], r[2]) for r in feedback_rows(pg_url)] == [(1.0, True), (0.25, True), (0.0, False)]
+    with gateway(tmp_path / "c", pg_url) as c:
+        assert posteriors(c) == live
