@@ -132,8 +132,8 @@ def pg_down_feedback(
         b.start()
         with Load([a.url], clients) as load, Rater(load, a.url, b.url) as rater:
             time.sleep(before_s)
-            down_at = time.monotonic()
             cluster.stop_server("fast")
+            down_at = time.monotonic()  # stopped: a rating sent before this may have been stored live
             time.sleep(down_s)
             rater.__exit__()  # no rating in flight at the kill: every answer is known
             if kill:
