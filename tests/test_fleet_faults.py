@@ -123,8 +123,9 @@ def test_requests_are_served_through_a_restart_and_spooled_rows_land_once(
         spool = health["storage"]["spool"]
         assert spool["state"] == "spooling" and spool["rows_waiting"] >= 30 and spool["bytes"] > 0
         assert "compass-test" not in str(health)  # the password stays out of the reason
-        # Feedback is a read-modify-write on the store: it cannot wait, so it is a 503 to retry.
-        refused = client.post("/feedback", json={"id": before[0], "thumbs": "up"})
+        # Feedback for a request this replica did not serve cannot be checked without the store:
+        # a 503 to retry (its own requests' feedback is spooled: tests/test_fleet_feedback_outage.py).
+        refused = client.post("/feedback", json={"id": "chatcmpl-another-replicas", "thumbs": "up"})
         assert refused.status_code == 503
         assert refused.json()["error"]["code"] == "store_unavailable"
         assert refused.headers["retry-after"] == "1"

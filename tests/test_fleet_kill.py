@@ -56,6 +56,16 @@ def test_a_replica_killed_while_postgres_is_down_writes_its_spool_at_the_next_st
     assert figures["acked_missing"] == 0 and figures["spool_left"] == 0
 
 
+@pytest.mark.parametrize("scenario", ["pg_down_feedback", "pg_down_feedback_kill9"])
+def test_feedback_acknowledged_while_postgres_is_down_is_stored_once_and_every_replica_agrees(
+    upstream: FakeUpstream, tmp_path: Path, scenario: str
+) -> None:
+    figures = fleet.SCENARIOS[scenario](upstream.url, tmp_path, 3, (1.5, 2.0))
+    assert_passed(scenario, figures)
+    assert figures["acked_while_down_a"] > 0 and figures["rows_stored"] == figures["feedback_acked"]
+    assert figures["fresh_replica_equal"] and figures["requests_with_wrong_active_row"] == 0
+
+
 def ensure_nginx() -> None:
     if nginx_binary() is not None:
         return

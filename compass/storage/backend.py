@@ -81,7 +81,7 @@ def postgres_rows(store: Any) -> RowStore:
         insert_requests=insert_requests_pg,
         insert_reward=lambda con, *args: insert_reward_pg(con, *args, origin=origin),
         load_reward_events=load_reward_events,
-        apply_feedback=lambda con, *args: apply_feedback_pg(con, *args, origin=origin),
+        apply_feedback=lambda con, *args, **kw: apply_feedback_pg(con, *args, origin=origin, **kw),
         display=store.display,
         origin=origin,
         fleet=link,

@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 
 CHANNEL = "compass_fleet"
-RETAIN_S = 3600.0  # events are pruned after this; a replica away longer restarts (full rebuild)
+RETAIN_S = 3600.0  # events are pruned after this; a follower away for half of it rebuilds (resync)
 
 _JSON = msgspec.json.Encoder()
 

@@ -6,6 +6,11 @@ notification is lost with a dropped connection). Events are handed to the event 
 one batch at a time, and the thread waits for the handlers before reading on, so in-memory views
 change on the loop thread only, as everywhere else. A replica's own events are skipped: it
 applied them when it made the change.
+
+Events are kept ``RETAIN_S`` (1 h). A follower cut off from PostgreSQL for more than half of that
+(``cut_off_s``) may have missed events that were pruned meanwhile, so instead of reading on it
+calls ``resync`` on the loop: the owner rebuilds its views from the tables, as a restart does
+(compass/pipeline/fleet.py), and returns the position to follow from.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from compass.storage.fleet_log import CHANNEL, RETAIN_S, FleetEvent, Position, p
 log = logging.getLogger("compass.fleet")
 
 Handler = Callable[[list[FleetEvent]], Awaitable[None]]
+Resync = Callable[[], Awaitable[Position]]  # rebuild the views from the tables; where to follow from
 POLL_S = 0.25  # fallback poll; notifications normally wake the follower within milliseconds
 PRUNE_EVERY_S = 60.0
 
@@ -43,6 +49,9 @@ class Follower:
         self.position = Position()
         self.handlers: dict[str, list[Handler]] = {}
         self.applied = 0  # events from other replicas handed to handlers
+        self.resync: Resync | None = None
+        self.resyncs = 0  # full rebuilds after a long cut-off
+        self.cut_off_s = RETAIN_S / 2  # cut off longer than this: rebuild rather than read on
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -72,7 +81,12 @@ class Follower:
             self._con = None
 
     def info(self) -> dict[str, Any]:
-        return {"applied": self.applied, "xmin": self.position.xmin, "poll_s": self.poll_s}
+        return {
+            "applied": self.applied,
+            "xmin": self.position.xmin,
+            "poll_s": self.poll_s,
+            "resyncs": self.resyncs,
+        }
 
     # -- the thread ------------------------------------------------------------------------------
 
@@ -83,14 +97,11 @@ class Follower:
             try:
                 if self._con is None:
                     self._reconnect()
-                self._drain()
-                if time.monotonic() - last_read > RETAIN_S / 2:
-                    log.error(
-                        "fleet follower: cut off from PostgreSQL for %.0f s, near the %.0f s that events"
-                        " are kept; restart this replica to rebuild its views from the tables",
-                        time.monotonic() - last_read,
-                        RETAIN_S,
-                    )
+                away_s = time.monotonic() - last_read
+                if away_s > self.cut_off_s and self.resync is not None:
+                    self._resync(away_s)
+                else:
+                    self._drain()
                 last_read = time.monotonic()
                 if time.monotonic() - last_prune > PRUNE_EVERY_S:
                     last_prune = time.monotonic()
@@ -121,6 +132,21 @@ class Follower:
                 con.close()
             except Exception:
                 pass
+
+    def _resync(self, away_s: float) -> None:
+        """Rebuild on the loop (it reads the tables itself), then follow from its snapshot."""
+        log.warning(
+            "fleet follower: cut off from PostgreSQL for %.0f s, more than half the %.0f s that events"
+            " are kept (some may be pruned): rebuilding this replica's views from the tables",
+            away_s,
+            RETAIN_S,
+        )
+        assert self.resync is not None and self._loop is not None
+        started = time.monotonic()
+        future = asyncio.run_coroutine_threadsafe(self.resync(), self._loop)
+        self.position = future.result(timeout=600)
+        self.resyncs += 1
+        log.warning("fleet follower: views rebuilt in %.2f s; following again", time.monotonic() - started)
 
     def _drain(self) -> None:
         events = [e for e in read_new(self._con, self.position) if e.origin != self.origin]

@@ -70,8 +70,10 @@ def insert_reward_pg(
     return reward_id
 
 
-def _insert_reward(con: Any, event: RewardEvent, tenant: str | None, comment: str | None) -> str:
-    reward_id, sql, params = reward_insert(event, tenant, comment, mark="%s")
+def _insert_reward(
+    con: Any, event: RewardEvent, tenant: str | None, comment: str | None, reward_id: str | None = None
+) -> str:
+    reward_id, sql, params = reward_insert(event, tenant, comment, mark="%s", reward_id=reward_id)
     con.execute(sql, params)
     return reward_id
 
@@ -132,11 +134,14 @@ def apply_feedback_pg(
     comment: str | None,
     ts: float,
     origin: str = "",
+    reward_id: str | None = None,
 ) -> dict[str, Any] | None:
     """PostgreSQL's ``rewards.apply_feedback``: find the request (any replica's), supersede, insert.
 
     ``FOR UPDATE`` on the request row serialises two replicas taking feedback for the same request,
-    so exactly one non-superseded feedback row remains.
+    so exactly one non-superseded feedback row remains. With ``reward_id`` (feedback spooled in an
+    outage, replayed by compass/storage/spool_feedback.py) a row already stored under that id means
+    it was applied before: nothing changes and the answer says ``already``.
     """
     where, params = "id = %s", [request_id]
     if tenant is not None:
@@ -152,6 +157,11 @@ def apply_feedback_pg(
             return None
         model, context, row_tenant, cache_entry_id, cache_status, vector = row
         context = context or UNROUTED_CONTEXT
+        if (
+            reward_id is not None
+            and con.execute("SELECT 1 FROM rewards WHERE id = %s", [reward_id]).fetchone()
+        ):
+            return {"already": True, "event": None, "replaced": [], "cache_entry_id": cache_entry_id}
         earlier = con.execute(
             "UPDATE rewards SET superseded = TRUE"
             " WHERE request_id = %s AND source = 'feedback' AND NOT superseded"
@@ -159,7 +169,7 @@ def apply_feedback_pg(
             [request_id],
         ).fetchall()
         event = feedback_event(request_id, context, model, reward, ts, vector)
-        _insert_reward(con, event, row_tenant, comment)
+        _insert_reward(con, event, row_tenant, comment, reward_id)
         replaced = [event_of(r) for r in earlier]
         payload = {"event": event_json(event), "replaced": [event_json(e) for e in replaced]}
         emit(con, origin, "reward", payload)

@@ -72,11 +72,12 @@ REWARD_COLUMNS = (
 
 
 def reward_insert(
-    event: RewardEvent, tenant: str | None, comment: str | None, mark: str = "?"
+    event: RewardEvent, tenant: str | None, comment: str | None, mark: str = "?", reward_id: str | None = None
 ) -> tuple[str, str, list[Any]]:
     """``(reward id, INSERT statement, parameters)`` for one reward row; ``mark`` is the driver's
-    placeholder (``?`` for DuckDB, ``%s`` for psycopg), so both stores write the same row."""
-    reward_id = uuid.uuid4().hex
+    placeholder (``?`` for DuckDB, ``%s`` for psycopg), so both stores write the same row.
+    ``reward_id``: an id chosen earlier (feedback spooled in an outage keeps its id for replay)."""
+    reward_id = reward_id or uuid.uuid4().hex
     sql = (
         f"INSERT INTO rewards ({', '.join(REWARD_COLUMNS)}) "
         f"VALUES ({', '.join(mark for _ in REWARD_COLUMNS)})"

@@ -16,7 +16,9 @@ rewards) go to PostgreSQL in batches as in embedded mode. When the store stops a
   killed mid-replay, is replayed again without duplicating a row;
 * ``/health`` says ``degraded`` (``storage.spool``) until the replay has finished;
 * the spool is bounded (``storage.spool_max_mb``). Past the bound new requests are refused with a
-  503 (``SpoolFull``) rather than rows being dropped; requests already admitted still spool.
+  503 (``SpoolFull``) rather than rows being dropped; requests already admitted still spool;
+* feedback for a request this replica served waits in the same spool and is applied once after
+  reconnect, with the live path's locked read-modify-write (compass/storage/spool_feedback.py).
 
 A replica killed (``kill -9``) while the store is down keeps its spool: the next start replays
 it before serving (``recover_spool``), as the embedded journal's recovery does for DuckDB.
@@ -48,6 +50,7 @@ from compass.storage.history import _WAKE, REQUEST_COLUMNS, HistoryWriter
 from compass.storage.journal import SEGMENT_BYTES, Journal, read_rows, segment_number, segments
 from compass.storage.pg_rows import insert_requests_pg
 from compass.storage.rewards import REWARD_COLUMNS, reward_insert
+from compass.storage.spool_feedback import FEEDBACK_KIND, Applied, RecentRequests, apply_spooled_feedback
 
 log = logging.getLogger("compass.spool")
 
@@ -82,10 +85,18 @@ def claim(directory: Path) -> int | None:
     return fd
 
 
-def _split(items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[list[Any]]]:
-    requests, rewards = [], []
+Split = tuple[list[dict[str, Any]], list[list[Any]], list[dict[str, Any]]]
+
+
+def _split(items: list[dict[str, Any]]) -> Split:
+    """Request rows, reward rows and feedback lines, each in spool order."""
+    requests: list[dict[str, Any]] = []
+    rewards: list[list[Any]] = []
+    feedback: list[dict[str, Any]] = []
     for item in items:
-        if item.get("kind") == REWARD_KIND:
+        if item.get("kind") == FEEDBACK_KIND:
+            feedback.append(item)
+        elif item.get("kind") == REWARD_KIND:
             row = list(item["row"])
             row += [None] * (len(REWARD_COLUMNS) - len(row))  # a spool from before a column was added
             if isinstance(row[1], str):  # created_at, as JSON wrote it
@@ -96,7 +107,7 @@ def _split(items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[list
             rewards.append(row)
         else:
             requests.append(item)
-    return requests, rewards
+    return requests, rewards, feedback
 
 
 def insert_reward_rows_pg(con: Any, rows: list[list[Any]], origin: str = "") -> None:
@@ -125,20 +136,35 @@ def insert_reward_rows_pg(con: Any, rows: list[list[Any]], origin: str = "") -> 
             emit(con, origin, "reward", {"event": event_json(event), "replaced": []})
 
 
-def write_items(con: Any, requests: list[dict[str, Any]], rewards: list[list[Any]], origin: str = "") -> None:
+def write_items(
+    con: Any,
+    requests: list[dict[str, Any]],
+    rewards: list[list[Any]],
+    feedback: list[dict[str, Any]],
+    origin: str = "",
+) -> list[Applied]:
+    """Requests first: a feedback line's request row precedes it in the spool, maybe in this batch."""
     if requests:
         insert_requests_pg(con, requests)
     if rewards:
         insert_reward_rows_pg(con, rewards, origin)
+    return apply_spooled_feedback(con, feedback, origin) if feedback else []
 
 
-def replay_segment(con: Any, path: Path, batch_size: int = 512, origin: str = "") -> int:
-    """Write one segment's rows to PostgreSQL (idempotent); returns how many lines it held."""
+def replay_segment(
+    con: Any, path: Path, batch_size: int = 512, origin: str = "", applied: list[Applied] | None = None
+) -> int:
+    """Write one segment's rows to PostgreSQL (idempotent); returns how many lines it held.
+
+    ``applied`` collects the spooled feedback written (the live writer settles it in memory).
+    """
     if not path.exists():
         return 0
     items = read_rows(path, TIMESTAMPS, BINARY)
     for start in range(0, len(items), batch_size):
-        write_items(con, *_split(items[start : start + batch_size]), origin)
+        done = write_items(con, *_split(items[start : start + batch_size]), origin)
+        if applied is not None:
+            applied.extend(done)
     return len(items)
 
 
@@ -196,6 +222,10 @@ class FleetWriter(HistoryWriter):
         self._next_try = 0.0
         self._ticker: asyncio.Task[None] | None = None
         self.lock_fd: int | None = None  # this process's claim on its spool directory
+        self.recent = RecentRequests()  # what feedback needs of this process's requests, store or not
+        self.feedback_spooled = 0
+        self.feedback_applied = 0  # spooled feedback written to the store (at most once each)
+        self.on_feedback: Any = None  # Callable[[list[Applied]], None]: the pipeline settles memory
 
     # --- what handlers call -------------------------------------------------------------
     def admit(self) -> None:
@@ -215,6 +245,7 @@ class FleetWriter(HistoryWriter):
         if durable:
             future = asyncio.get_running_loop().create_future()
             row["_committed"] = future
+        row["_recent"] = self.recent.note(row)
         if self.down_since is not None or (self.durability == "journal" and not durable):
             self._append(row)
         self._queue.put_nowait(row)
@@ -230,6 +261,14 @@ class FleetWriter(HistoryWriter):
         self._queued += 1
         return reward_id
 
+    def record_feedback(self, item: dict[str, Any]) -> None:
+        """Feedback accepted while the store is away: on disk before its answer, applied later."""
+        self.recent.spooled(item["reward_id"], item["request_id"])
+        self._append(item)
+        self._queue.put_nowait(item)
+        self._queued += 1
+        self.feedback_spooled += 1
+
     def health(self) -> dict[str, Any]:
         return {
             "state": "spooling" if self.down_since is not None else "ok",
@@ -241,6 +280,8 @@ class FleetWriter(HistoryWriter):
             "spooled": self.spooled,
             "replayed": self.replayed,
             "outages": self.outages,
+            "feedback_spooled": self.feedback_spooled,
+            "feedback_applied": self.feedback_applied,
         }
 
     @property
@@ -262,6 +303,22 @@ class FleetWriter(HistoryWriter):
     def _append(self, item: dict[str, Any]) -> None:
         if "_journal" not in item:
             item["_journal"] = self.spool.append(item)
+            _durable(item)
+
+    def _settle(self, applied: list[Applied]) -> None:
+        """Spooled feedback reached the store: count it and let the pipeline settle its memory."""
+        for item in applied:
+            self.recent.settled(item.reward_id)
+        stored = [item for item in applied if item.event is not None]
+        self.feedback_applied += len(stored)
+        if stored and self.on_feedback is not None:
+            self.on_feedback(stored)
+
+    def must_spool(self, request_id: str) -> bool:
+        """Feedback for ``request_id`` goes through the spool: it waits there already, or the store
+        is away (or its replay is not done) and this replica can check the request itself."""
+        known = self.down_since is not None and self.recent.get(request_id) is not None
+        return known or self.recent.waiting(request_id)
 
     async def _before_batch(self) -> None:
         if self.down_since is not None and time.monotonic() >= self._next_try:
@@ -297,9 +354,8 @@ class FleetWriter(HistoryWriter):
                 future.set_exception(StoreUnavailable(f"{why}; the row is spooled, not committed"))
 
     async def _insert_or_spool(self, rows: list[dict[str, Any]]) -> None:
-        requests, rewards = _split(rows)
         try:
-            await self.db.run(write_items, requests, rewards, self.origin)
+            applied = await self.db.run(write_items, *_split(rows), self.origin)
         except StoreUnavailable as exc:
             self._went_down(exc)
             self._spool(rows, "the fleet store went away")
@@ -310,7 +366,7 @@ class FleetWriter(HistoryWriter):
             for row in rows:
                 try:
                     one = _split([row])
-                    await self.db.run(write_items, *one, self.origin)
+                    self._settle(await self.db.run(write_items, *one, self.origin))
                     self.written += len(one[0])
                 except StoreUnavailable as exc:
                     self._went_down(exc)
@@ -320,14 +376,18 @@ class FleetWriter(HistoryWriter):
                     log.exception("history row %s could not be stored", row.get("id"))
                 self._done([row])
             return
-        self.written += len(requests)
+        self.written += sum(1 for row in rows if "kind" not in row)
         self._done(rows)
+        self._settle(applied)
 
     def _done(self, rows: list[dict[str, Any]]) -> None:
         seqs = [row.pop("_journal") for row in rows if "_journal" in row]
         if seqs:
             self.spool.committed(seqs)
         for row in rows:
+            _durable(row)
+            if row.get("kind") == FEEDBACK_KIND:  # stored, or failed for good and logged: not waiting
+                self.recent.settled(row["reward_id"])
             future = row.pop("_committed", None)
             if future is not None and not future.done():
                 future.set_result(None)
@@ -352,12 +412,17 @@ class FleetWriter(HistoryWriter):
         started = time.monotonic()
         lines = 0
         for seq in self.spool.closed_segments(through):
+            applied: list[Applied] = []
             try:
-                lines += await self.db.run(replay_segment, self.spool.path(seq), self.batch_size, self.origin)
+                lines += await self.db.run(
+                    replay_segment, self.spool.path(seq), self.batch_size, self.origin, applied
+                )
             except StoreUnavailable as exc:
                 self.down_reason = str(exc)
                 self.replayed += lines
+                self._settle(applied)  # the batches before the failure are committed
                 return  # this segment is replayed again next time, idempotently
+            self._settle(applied)
             self.spool.retire(seq)
         self.replayed += lines
         self._skip_through = through
@@ -381,6 +446,13 @@ class FleetWriter(HistoryWriter):
         if self.lock_fd is not None:
             os.close(self.lock_fd)
             self.lock_fd = None
+
+
+def _durable(item: dict[str, Any]) -> None:
+    """A request row is on disk or in the store: feedback for it may now be spooled after it."""
+    entry = item.get("_recent")
+    if entry is not None:
+        entry.durable = True
 
 
 def fleet_writer(store: Any, settings: Any, origin: str = "") -> FleetWriter:

@@ -272,3 +272,17 @@ class CacheWrites:
             self._remove_locked(victims)
             self.live.maybe_compact(self._spawn)
         return len(victims)
+
+    async def follow_all(self) -> tuple[int, int]:
+        """Cut off from the others for too long to follow: mirror the store's entries as a whole.
+
+        Under the lock, entries the store no longer has are dropped; then the ones it has and this
+        replica lacks are fetched as ``follow_put`` does. Returns ``(added, removed)``.
+        """
+        async with self._lock:
+            stored = {row[1] for row in await self.storage.load_entries()}
+            gone = [entry for entry_id, entry in self.entries.by_id.items() if entry_id not in stored]
+            self._remove_locked(gone)
+            missing = [entry_id for entry_id in stored if entry_id not in self.entries]
+        added = await self.follow_put([(entry_id, []) for entry_id in missing]) if missing else 0
+        return added, len(gone)

@@ -13,6 +13,8 @@
 * ``nginx_kill9``: two replicas behind nginx (``proxy_next_upstream``), one killed mid-load.
   Counts client failures and the killed replica's acknowledged rows found in the store, right
   after the kill and after that replica's next start (which writes its journal).
+* ``pg_down_feedback`` / ``pg_down_feedback_kill9``: feedback during the outage, two replicas,
+  the second with A killed while PostgreSQL is down (ops/faults/fleet_feedback.py).
 * ``bad_config``: ``compass serve`` with an unreachable port, an unknown host, a wrong password,
   a missing database, a server that is not PostgreSQL and one that never answers.
 
@@ -32,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ops.faults import fleet_feedback
 from ops.faults.harness import env_offline, gateway_config
 from ops.faults.load import HealthWatch, Load, store_ids
 from ops.faults.nginx import Nginx
@@ -293,6 +296,8 @@ def bad_config(upstream_url: str, work: Path, timeout_s: float = 2.0) -> dict[st
 def verdicts(name: str, figures: dict[str, Any]) -> list[tuple[bool, str]]:
     """``(passed, line)`` per check of one scenario's figures."""
     f = figures
+    if name.startswith("pg_down_feedback"):
+        return fleet_feedback.verdicts(figures)
     if name == "pg_restart":
         stored = f"{f['acked'] - f['acked_missing']}/{f['acked']}"
         return [
@@ -372,6 +377,8 @@ SCENARIOS = {
     "pg_down_kill9": pg_down_kill9,
     "spool_full": spool_full,
     "nginx_kill9": nginx_kill9,
+    "pg_down_feedback": fleet_feedback.pg_down_feedback,
+    "pg_down_feedback_kill9": fleet_feedback.pg_down_feedback_kill9,
 }
 
 
@@ -381,7 +388,10 @@ def main(argv: list[str] | None = None) -> int:
     from ops.faults.harness import POOL_SHAPE
 
     parser = argparse.ArgumentParser(prog="python -m ops.faults.fleet", description=__doc__)
-    parser.add_argument("--scenarios", default="pg_restart,pg_down_kill9,spool_full,nginx_kill9,bad_config")
+    parser.add_argument(
+        "--scenarios",
+        default="pg_restart,pg_down_kill9,spool_full,nginx_kill9,pg_down_feedback,pg_down_feedback_kill9,bad_config",
+    )
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--latency-ms", type=float, default=20.0, help="the fake upstream's latency")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every phase's length")
@@ -395,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
         "pg_down_kill9": (2, 3),
         "spool_full": (1, 6, 3),
         "nginx_kill9": (4, 4),
+        "pg_down_feedback": (3, 4),
+        "pg_down_feedback_kill9": (3, 4),
     }
     runs, passed = [], True
     try:
