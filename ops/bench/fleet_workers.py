@@ -1,0 +1,268 @@
+"""1 against 2 gateway workers on one machine, with the CPU of every process in the run accounted.
+
+On a 2-core machine a second worker can only add throughput if the load client, the fake
+upstream and PostgreSQL leave it a core: with ``g`` the gateway's CPU per request and ``o``
+everything else's, 2 workers reach at most ``2 / (g + o)`` req/s against ``1 / g`` for one, a
+ratio of ``2g / (g + o)``. So each cell reports, per request, the CPU of the gateway (each
+worker), the upstream, PostgreSQL, the client and what the machine spent outside them, and how
+the workers split the client's keep-alive connections. Setups, side by side in one run:
+
+* ``wrk+nginx``: wrk (C) posting, nginx answering one static chat.completion
+  (``ops.bench.static_upstream``): the cheapest "everything else" this machine has;
+* ``wrk+python``: wrk against the Python fake upstream (``ops.fake_upstream``);
+* ``aiohttp+python``: the one-process aiohttp client of ``ops.bench.common`` (in a child
+  process, so its CPU is counted) against the Python fake upstream, as ``fleet_serve`` runs it.
+
+For each Layer 1 setting (``length`` = off, ``embedding`` = on) and setup, a 1-worker and a
+2-worker gateway run on one throwaway PostgreSQL 15 (``fsync=off``), cache off, the direct
+aiohttp path to the upstream for both, and rounds alternate 1, 2, 1, 2, ...
+
+    python -m ops.bench.fleet_workers [--seconds 8] [--rounds 3] [--connections 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ops.bench import cpu, wrk
+from ops.bench.common import load, write_json
+from ops.bench.fleet_serve import AUTH, MODELS, body, config
+from ops.bench.static_upstream import StaticUpstream
+from ops.bench.vs_litellm import BENCH_KEY, QUIET_ENV
+from ops.fake_upstream import instant_config, spawn_fake_upstream
+from ops.procs import GatewayProcess
+
+SETUPS = ("wrk+nginx", "wrk+python", "aiohttp+python")
+
+
+def log(message: str) -> None:
+    print(f"[fleet_workers {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def worker_pids(gateway: GatewayProcess) -> list[int]:
+    """The serving processes: the supervisor's spawned children, or the one process itself."""
+    assert gateway.process is not None
+    root = gateway.process.pid
+    out = []
+    for pid in cpu.process_tree(root):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if pid != root and b"spawn_main" in cmd:
+            out.append(pid)
+    return out or [root]
+
+
+def aiohttp_client(url: str, seconds: float, connections: int, offset: int) -> dict[str, Any]:
+    """The aiohttp client in a child process, bounded by time; its figures and CPU seconds."""
+    argv = [sys.executable, "-m", "ops.bench.fleet_workers", "--aiohttp-client", url]
+    argv += ["--seconds", str(seconds), "--connections", str(connections), "--offset", str(offset)]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env={**os.environ})
+    assert process.stdout is not None
+    text = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"aiohttp client exited with {process.returncode}: {text[-2000:]}")
+    return {**json.loads(text.strip().splitlines()[-1]), "cpu_s": usage.ru_utime + usage.ru_stime}
+
+
+def client_main(url: str, seconds: float, connections: int, offset: int) -> None:
+    result = asyncio.run(
+        load(url, lambda i: body(offset + i, "auto"), connections, 10**9, False, AUTH, max_seconds=seconds)
+    )
+    print(json.dumps(result), flush=True)
+
+
+class Cell:
+    """One measured run of one client against one gateway, with the CPU of every group."""
+
+    def __init__(self, gateway: GatewayProcess, upstream_pid: int, pg_pid: int) -> None:
+        self.gateway = gateway
+        self.workers = worker_pids(gateway)
+        assert gateway.process is not None
+        self.groups = {
+            "supervisor": [p for p in cpu.process_tree(gateway.process.pid) if p not in self.workers],
+            "upstream": cpu.process_tree(upstream_pid),
+            "postgres": cpu.process_tree(pg_pid),
+            **{f"worker{i}": [p] for i, p in enumerate(self.workers)},
+        }
+
+    def run(self, client: str, seconds: float, connections: int, offset: int) -> dict[str, Any]:
+        url = f"{self.gateway.url}/v1/chat/completions"
+        seen: dict[int, int] = {}
+
+        def sample() -> None:  # how the listening socket spread the connections, mid-run
+            time.sleep(seconds / 2)
+            seen.update(cpu.connections_per_pid(self.gateway.port, self.workers))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        before = cpu.snapshot(self.groups)
+        sampler.start()
+        if client == "wrk":
+            figures = wrk.run(url, "auto", seconds, connections, bearer=BENCH_KEY, offset=offset)
+        else:
+            figures = aiohttp_client(url, seconds, connections, offset)
+        used = cpu.delta(before, cpu.snapshot(self.groups))
+        sampler.join()
+        used["client"] = figures.pop("cpu_s")
+        n = max(1, figures["n"])
+        gateway = sum(v for k, v in used.items() if k.startswith("worker")) + used["supervisor"]
+        others = used["client"] + used["upstream"] + used["postgres"]
+        split = {k: 1000 * v / n for k, v in used.items() if k != "machine"}
+        split["gateway"] = 1000 * gateway / n
+        split["unattributed"] = 1000 * (used["machine"] - gateway - others) / n
+        return {
+            **figures,
+            "cpu_ms_per_request": split,
+            "o_over_g": others / gateway if gateway else float("nan"),
+            "machine_busy_cores": used["machine"] / figures.get("seconds", seconds),
+            "connections_per_worker": [seen.get(p, 0) for p in self.workers],
+            "worker_cpu_share": [used[f"worker{i}"] / gateway for i in range(len(self.workers))],
+        }
+
+
+def gateway_for(scratch: Path, name: str, upstream_url: str, classifier: str, pg: str, workers: int):
+    gateway = GatewayProcess(
+        scratch / name, config(upstream_url, classifier, pg), env=QUIET_ENV, args=["--workers", str(workers)]
+    )
+    gateway.start(timeout_s=240)
+    backend = httpx.get(f"{gateway.url}/health", timeout=10).json()["layers"]["classifier"].get("backend")
+    if backend != classifier:
+        gateway.stop()
+        raise RuntimeError(f"asked for classifier {classifier!r}, the gateway runs {backend!r}")
+    return gateway
+
+
+def summarize_pair(cells: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Median req/s per worker count and the 2/1 ratio, with the per-round ratios' range."""
+    rps = {w: [c["rps"] for c in cells[w]] for w in cells}
+    per_round = [b / a for a, b in zip(rps[1], rps[2], strict=False) if a > 0]
+    return {
+        "rps_1": statistics.median(rps[1]),
+        "rps_2": statistics.median(rps[2]),
+        "ratio": statistics.median(rps[2]) / statistics.median(rps[1]),
+        "ratio_min": min(per_round),
+        "ratio_max": max(per_round),
+        "rounds_rps_1": rps[1],
+        "rounds_rps_2": rps[2],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=8.0, help="length of one measured cell")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--setups", default=",".join(SETUPS))
+    parser.add_argument("--classifiers", default="length,embedding")
+    parser.add_argument("--aiohttp-client", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--offset", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.aiohttp_client:
+        client_main(args.aiohttp_client, args.seconds, args.connections, args.offset)
+        return
+    from tests.postgres import start_cluster
+
+    setups = [s for s in args.setups.split(",") if s]
+    unknown = set(setups) - set(SETUPS)
+    if unknown:
+        parser.error(f"unknown setups {sorted(unknown)}; choose from {SETUPS}")
+    load_before = os.getloadavg()
+    cluster = start_cluster()
+    pg_pid = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    python_up = spawn_fake_upstream(instant_config(*MODELS), port=0)
+    nginx_up = StaticUpstream().start()
+    assert nginx_up.process is not None
+    upstreams = {
+        "python": (python_up.url, python_up.process.pid),
+        "nginx": (f"{nginx_up.url}/v1", nginx_up.process.pid),
+    }
+    results: dict[str, Any] = {"args": vars(args), "load_before": load_before, "pairs": []}
+    offset = 0
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            for classifier in args.classifiers.split(","):
+                for setup in setups:
+                    client, upstream = setup.split("+")
+                    up_url, up_pid = upstreams[upstream]
+                    gateways = {
+                        w: gateway_for(Path(scratch), f"{classifier}-{setup}-{w}", up_url, classifier,
+                                       cluster.url(), w)
+                        for w in (1, 2)
+                    }  # fmt: skip
+                    try:
+                        cells: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
+                        for g in gateways.values():  # warm-up: connections, JIT of the first paths
+                            Cell(g, up_pid, pg_pid).run(client, 2, args.connections, offset)
+                            offset += 10_000_000
+                        for r in range(args.rounds):
+                            for w, g in gateways.items():
+                                cell = Cell(g, up_pid, pg_pid).run(
+                                    client, args.seconds, args.connections, offset
+                                )
+                                offset += 10_000_000
+                                cells[w].append(cell)
+                                split = cell["cpu_ms_per_request"]
+                                log(
+                                    f"{classifier} {setup} round {r} workers={w}: {cell['rps']:.0f} req/s,"
+                                    f" errors {cell['errors']}, conns {cell['connections_per_worker']},"
+                                    f" cpu ms/req gw {split['gateway']:.3f} up {split['upstream']:.3f}"
+                                    f" pg {split['postgres']:.3f} client {split['client']:.3f}"
+                                    f" unattr {split['unattributed']:.3f}; o/g {cell['o_over_g']:.2f}"
+                                )
+                    finally:
+                        for g in gateways.values():
+                            g.stop()
+                    pair = {"classifier": classifier, "setup": setup, **summarize_pair(cells), "cells": cells}
+                    results["pairs"].append(pair)
+                    log(
+                        f"== {classifier} {setup}: {pair['rps_1']:.0f} -> {pair['rps_2']:.0f} req/s,"
+                        f" {pair['ratio']:.2f}x ({pair['ratio_min']:.2f}-{pair['ratio_max']:.2f})"
+                    )
+    finally:
+        nginx_up.stop()
+        python_up.terminate()
+        cluster.stop()
+    results["load_after"] = os.getloadavg()
+    write_json("fleet_workers", results)
+    print_summary(results)
+
+
+def print_summary(results: dict[str, Any]) -> None:
+    print("| Layer 1 | setup | 1 worker req/s | 2 workers req/s | 2/1 (round range) | CPU ms/req at 1 worker:"
+          " gateway / upstream / PG / client / unattributed |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- |")
+    for p in results["pairs"]:
+        split = statistics.median
+        cells = p["cells"][1]
+        parts = [
+            split([c["cpu_ms_per_request"][k] for c in cells])
+            for k in ("gateway", "upstream", "postgres", "client", "unattributed")
+        ]
+        print(
+            f"| {p['classifier']} | {p['setup']} | {p['rps_1']:.0f} | {p['rps_2']:.0f} |"
+            f" {p['ratio']:.2f}x ({p['ratio_min']:.2f}-{p['ratio_max']:.2f}) |"
+            f" {' / '.join(f'{x:.3f}' for x in parts)} |"
+        )
+    print(f"load average before {results['load_before']}, after {results['load_after']}")
+
+
+if __name__ == "__main__":
+    main()
