@@ -88,6 +88,26 @@ def client_main(url: str, seconds: float, connections: int, offset: int) -> None
     print(json.dumps(result), flush=True)
 
 
+def spin(seconds: float) -> int:
+    """Pure-Python work for ``seconds``: loop iterations done (the machine's ceiling, not the gateway's)."""
+    n, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for _ in range(1000):
+            n += 1
+    return n
+
+
+def machine_ceiling(seconds: float = 3.0) -> float:
+    """Work of 2 processes at once over 1 alone: what 2 cores of this machine give CPU-bound Python."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        pool.map(spin, [0.2, 0.2])  # both started
+        one = pool.apply(spin, (seconds,))
+        two = sum(pool.map(spin, [seconds, seconds], chunksize=1))
+    return two / one
+
+
 class Cell:
     """One measured run of one client against one gateway, with the CPU of every group."""
 
@@ -195,6 +215,8 @@ def main() -> None:
         "nginx": (f"{nginx_up.url}/v1", nginx_up.process.pid),
     }
     results: dict[str, Any] = {"args": vars(args), "load_before": load_before, "pairs": []}
+    results["machine_ceiling"] = machine_ceiling()
+    log(f"2 processes of pure Python do {results['machine_ceiling']:.2f}x the work of 1 on this machine")
     offset = 0
     try:
         with tempfile.TemporaryDirectory() as scratch:
@@ -261,6 +283,7 @@ def print_summary(results: dict[str, Any]) -> None:
             f" {p['ratio']:.2f}x ({p['ratio_min']:.2f}-{p['ratio_max']:.2f}) |"
             f" {' / '.join(f'{x:.3f}' for x in parts)} |"
         )
+    print(f"machine ceiling (2 / 1 processes of pure Python): {results['machine_ceiling']:.2f}x")
     print(f"load average before {results['load_before']}, after {results['load_after']}")
 
 
