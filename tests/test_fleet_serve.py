@@ -3,7 +3,12 @@ rate limit (one budget per key for every replica, not one each)."""
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
+import json
+import os
+import signal
+import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -83,6 +88,50 @@ def test_workers_share_one_port_and_one_store(tmp_path: Path, upstream: FakeUpst
         workers = sorted(p.name for p in (tmp_path / "home" / "workers").iterdir())
         assert workers == sorted(str(p) for p in pids)  # each worker's scratch, none on the home's file
     assert not (tmp_path / "home" / "workers").exists()  # removed at shutdown
+
+
+def worker_of_each_connection(port: int, n: int, workers: set[int]) -> list[int]:
+    """Queue ``n`` connections while every worker is stopped (as a burst from wrk finds them busy),
+    let the workers go one after the other, then ask each connection which worker holds it."""
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    try:  # the kernel completes the handshakes into the accept queue(s) meanwhile
+        conns = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(n)]
+    finally:
+        for pid in sorted(workers):  # one wakes first, as one does under load
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.3)
+    try:
+        pids = []
+        for conn in conns:
+            conn.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+                data += conn.recv(65536)
+            pids.append(json.loads(data.split(b"\r\n\r\n", 1)[1])["pid"])
+        return pids
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+def test_a_burst_of_connections_is_spread_over_the_workers(
+    tmp_path: Path, upstream: FakeUpstream, pg_url: str
+) -> None:
+    """With one listening socket shared by the workers, the first to wake accepted every queued
+    connection (wrk's 64 at once: 61 on one worker of two in the fleet_workers benchmark); with a
+    SO_REUSEPORT socket per worker the kernel queues each connection on one worker's socket."""
+    with GatewayProcess(
+        tmp_path / "home", fleet_config(upstream, pg_url), args=["--workers", "2"]
+    ) as gateway:
+        pids: set[int] = set()
+        deadline = time.monotonic() + 30
+        while len(pids) < 2 and time.monotonic() < deadline:  # both workers listen
+            pids.add(httpx.get(f"{gateway.url}/health", timeout=10).json()["pid"])
+        counts = collections.Counter(worker_of_each_connection(gateway.port, 48, pids))
+        assert len(counts) == 2 and min(counts.values()) >= 10, counts  # binomial(48, 1/2): P(< 10) ~ 1e-5
+        with httpx.Client(base_url=gateway.url, timeout=30) as client:
+            assert chat(client, "after the burst").status_code == 200
 
 
 def fleet_keys(pg_url: str, keys: dict[str, float]) -> dict[str, str]:

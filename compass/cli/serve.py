@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -72,16 +73,57 @@ def serve(
     if workers == 1:
         uvicorn.run(create_app(settings), **common)
         return
-    # uvicorn's supervisor binds the port once, spawns N processes that accept on it and replaces
-    # one that dies; each builds its app from the same config through ``worker_app``.
+    # uvicorn's supervisor spawns N processes and replaces one that dies; each builds its app from
+    # the same config through ``worker_app`` and listens on its own SO_REUSEPORT socket.
     os.environ[WORKER_CONFIG] = json.dumps({"config": config, "overrides": overrides})
+    from uvicorn.supervisors import Multiprocess
+
+    uv_config = uvicorn.Config("compass.cli.serve:worker_app", factory=True, workers=workers, **common)
+    reserved = reuse_port_socket(settings.server.host, settings.server.port)  # fails here if taken
+    listener = ReusePortListener(settings.server.host, reserved.getsockname()[1])
     try:
-        uvicorn.run("compass.cli.serve:worker_app", factory=True, workers=workers, **common)
+        Multiprocess(uv_config, sockets=[listener]).run()  # type: ignore[list-item]
     finally:
+        reserved.close()
         shutil.rmtree(settings.home_path / "workers", ignore_errors=True)  # the workers' scratch
 
 
 WORKER_CONFIG = "COMPASS_WORKER_CONFIG"
+
+
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound with SO_REUSEPORT (not yet listening; asyncio's server calls listen)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise click.ClickException(f"cannot bind {host}:{port}: {exc.strerror or exc}") from exc
+    return sock
+
+
+class ReusePortListener:
+    """The socket uvicorn's supervisor hands each worker: it unpickles, in the spawned worker, as
+    that worker's own SO_REUSEPORT socket on the port.
+
+    With one listening socket shared by every worker (uvicorn's default), the first worker that
+    wakes accepts every pending connection: a client that opens its 64 keep-alive connections at
+    once had 61 of them on one worker of two (BENCHMARKS.md, "Fleet mode"). With a socket per
+    worker, the kernel spreads connections over them by a hash of the address pair. The
+    supervisor keeps a bound, never-listening socket to hold the port, so a port that another
+    program holds fails at start (one that sets SO_REUSEPORT too, under the same user, could join
+    the group, as with gunicorn's ``--reuse-port``); it receives no connections, since only
+    listening sockets join the group.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+
+    def __reduce__(self) -> tuple[Any, tuple[str, int]]:
+        return reuse_port_socket, (self.host, self.port)
 
 
 def worker_app() -> Any:

@@ -8,7 +8,9 @@
 * rows/s that the PostgreSQL takes from history writers (``insert_requests_pg``, 256-row COPY
   batches) with 1, 2 and 4 writer connections.
 
-The load client runs on the same machine (2 cores here), so it takes CPU from the workers.
+The load client runs on the same machine (2 cores here), so it takes CPU from the workers;
+``ops.bench.fleet_workers`` compares 1 and 2 workers with a cheap load rig (wrk, nginx) and the
+CPU of every process.
 
     python -m ops.bench.fleet_serve [--requests 1500] [--concurrency 16]
 """
