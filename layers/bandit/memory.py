@@ -42,15 +42,6 @@ def _faiss() -> Any:
 _FAISS: Any = None
 
 
-def _search(index: Any, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """One query's (sims, ids), through ``search_c`` (the Python wrapper's checks cost ~5 us)."""
-    faiss = _faiss()
-    sims = np.empty(k, np.float32)
-    ids = np.empty(k, np.int64)
-    index.search_c(1, faiss.swig_ptr(q), k, faiss.swig_ptr(sims), faiss.swig_ptr(ids), None)
-    return sims, ids
-
-
 class NeighbourMemory:
     """Rows of (vector, per-slot reward sums); ``search`` returns (rows, similarities)."""
 
@@ -187,28 +178,25 @@ class NeighbourMemory:
         faiss = _faiss()
         if faiss.omp_get_max_threads() != 1:
             faiss.omp_set_num_threads(1)  # single queries: threads only add overhead
-        q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
-        tail = self.n > self.built
-        if tail:
-            t_sims, t_ids = _search(self._tail_index(), q, k)
-            t_ids += self.built
-            if t_ids[-1] < self.built:  # fewer than k tail rows: drop the empty slots (id -1)
-                keep = t_ids >= self.built
-                t_ids, t_sims = t_ids[keep], t_sims[keep]
-            if self.index is None:
-                return t_ids, t_sims
-        sims, ids = _search(self.index, q, k)
-        if ids[-1] < 0:
-            keep = ids >= 0
+        q = np.ascontiguousarray(query, dtype=np.float32)
+        parts = [self._tail_index()] if self.n > self.built else []
+        if self.index is not None:
+            parts.append(self.index)
+        # both parts' hits side by side in one buffer: the tail's (rows offset by ``built``), the IVF's
+        sims = np.empty(len(parts) * k, np.float32)
+        ids = np.empty(len(parts) * k, np.int64)
+        ptr = faiss.swig_ptr
+        for p, index in enumerate(parts):
+            index.search_c(1, ptr(q), k, ptr(sims[p * k :]), ptr(ids[p * k :]), None)
+        keep = (ids >= 0) if ids[k - 1] < 0 or ids[-1] < 0 else None  # fewer than k hits: id -1
+        if self.n > self.built:
+            ids[:k] += self.built
+        if keep is not None:
             ids, sims = ids[keep], sims[keep]
-        if not tail:
-            return ids, sims
-        rows = np.concatenate((t_ids, ids))
-        sims = np.concatenate((t_sims, sims))
-        if len(rows) > k:
+        if len(ids) > k:
             top = np.argpartition(-sims, k - 1)[:k]
-            rows, sims = rows.take(top), sims.take(top)
-        return rows, sims
+            ids, sims = ids.take(top), sims.take(top)
+        return ids, sims
 
     def nbytes(self) -> int:
         held = 0 if self.index is None else self.index.ntotal * (self.dim + 8) + self.nlist * 4 * self.dim

@@ -13,10 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from layers.bandit.base import SelectionContext
+from layers.bandit.base import Selection, SelectionContext
 from layers.bandit.memory import FIRST_TRAIN, NeighbourMemory
 from layers.bandit.neighbourhood import NeighbourhoodSelector, as_vector
-from layers.bandit.thompson import ThompsonSelector
 
 
 class ReferenceMemory(NeighbourMemory):
@@ -93,11 +92,65 @@ class ReferenceNeighbourhood(NeighbourhoodSelector):
 
     def __init__(self, options: dict[str, Any] | None = None, pool: Any = None, clock: Any = None) -> None:
         super().__init__(options, pool, clock)
+        self._ref_cand: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         dim, chunk = int(self.nopts["dim"]), int(self.nopts["chunk"])
         self.memory = ReferenceMemory(dim, int(self.nopts["max_rows"]), chunk, int(self.nopts["nprobe"]))
         self.prior = ReferenceMemory(dim, 1 << 62, chunk)
         if self.nopts["memory_path"]:
             self.load_prior_rows(str(self.nopts["memory_path"]))
+
+    def _thompson_inputs(
+        self, ctx: SelectionContext, context: str, now: float | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray]:
+        key = tuple(m.name for m in ctx.candidates)
+        cached = self._ref_cand.get(key)
+        if cached is None:
+            self._candidates(ctx.candidates)
+            slots = np.array([self._index[m.name] for m in ctx.candidates], dtype=np.int64)
+            pin = np.array([m.input_price_per_mtok for m in ctx.candidates]) / 1e6
+            pout = np.array([m.output_price_per_mtok for m in ctx.candidates]) / 1e6
+            cached = self._ref_cand[key] = (slots, pin, pout)
+        slots, pin, pout = cached
+        a0, b0 = self._prior(context)
+        state = self._states.get(context)
+        if state is None:
+            alpha, beta = a0.copy(), b0.copy()
+        else:
+            state.grow(len(self._index))
+            decay = self._decay(now)
+            alpha, beta = a0 + decay * state.sa, b0 + decay * state.sb
+        cost = pin * ctx.prompt_tokens + pout * ctx.expected_completion_tokens
+        top = float(cost.max()) if len(cost) else 0.0
+        norm = cost / top if top > 0 else np.zeros_like(cost)
+        weight = self.cost_weight if ctx.cost_weight is None else float(ctx.cost_weight)
+        return np.maximum(alpha[slots], 1e-9), np.maximum(beta[slots], 1e-9), weight * norm, weight, slots
+
+    def select(self, ctx: SelectionContext) -> Selection:
+        if not ctx.candidates:
+            raise ValueError("no candidate models to select from")
+        context = self.context_of(ctx.classification)
+        alpha, beta, penalty, weight, slots = self._inputs(ctx, context)
+        theta = self.rng.beta(alpha, beta)
+        utility = theta - penalty
+        order = np.argsort(-utility, kind="stable")
+        best = int(order[0])
+        propensity = None
+        if self.samples > 0:
+            hits = self._propensity_hits(context, slots, alpha, beta, penalty, best)
+            propensity = (hits + 1) / (self.samples + 1)
+        names = [m.name for m in ctx.candidates]
+        embedded = as_vector(getattr(ctx, "embedding", None)) is not None
+        return Selection(
+            model=names[best],
+            method="thompson_neighbourhood" if embedded else "thompson",
+            context=context,
+            candidates=names,
+            ranked=[names[i] for i in order.tolist()],
+            utilities=dict(zip(names, utility.tolist(), strict=True)),
+            sampled=dict(zip(names, theta.tolist(), strict=True)),
+            propensity=propensity,
+            cost_weight=weight,
+        )
 
     def _neighbour_sums(self, mem: NeighbourMemory, query: np.ndarray, slots: np.ndarray) -> tuple[Any, Any]:
         if mem.n == 0:
@@ -121,7 +174,7 @@ class ReferenceNeighbourhood(NeighbourhoodSelector):
     def _inputs(
         self, ctx: SelectionContext, context: str, now: float | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray]:
-        alpha, beta, penalty, weight, slots = ThompsonSelector._inputs(self, ctx, context, now)
+        alpha, beta, penalty, weight, slots = self._thompson_inputs(ctx, context, now)
         query = as_vector(getattr(ctx, "embedding", None))
         if query is None or len(query) != self.memory.dim:
             return alpha, beta, penalty, weight, slots
