@@ -30,6 +30,18 @@ FIRST_TRAIN = 4096
 SECOND_TRAIN = 32768
 
 
+def _faiss() -> Any:
+    global _FAISS
+    if _FAISS is None:
+        import faiss
+
+        _FAISS = faiss
+    return _FAISS
+
+
+_FAISS: Any = None
+
+
 class NeighbourMemory:
     """Rows of (vector, per-slot reward sums); ``search`` returns (rows, similarities)."""
 
@@ -42,8 +54,7 @@ class NeighbourMemory:
 
     def reset(self) -> None:
         self.vec = np.zeros((0, self.dim), dtype=np.float16)
-        self.sa = np.zeros((0, 0), dtype=np.float32)
-        self.sb = np.zeros((0, 0), dtype=np.float32)
+        self._set_sums(np.zeros((0, 0), dtype=np.float32))
         self.n = 0
         self.built = 0
         self.index: Any = None
@@ -56,17 +67,24 @@ class NeighbourMemory:
 
     # ---- rows ------------------------------------------------------------------------------
 
+    def _set_sums(self, sums: np.ndarray) -> None:
+        """One (rows, 2·slots) array: ``sa`` and ``sb`` are its halves (views), so a search
+        gathers both with one ``take``."""
+        self.sums = sums
+        width = sums.shape[1] // 2
+        self.sa, self.sb = sums[:, :width], sums[:, width:]
+
     def _reserve(self, rows: int, slots: int) -> None:
         cap, width = self.vec.shape[0], self.sa.shape[1]
         if rows > cap:
             new = min(max(rows, 2 * cap, 1024), self.max_rows)
             self.vec = np.concatenate([self.vec, np.zeros((new - cap, self.dim), np.float16)])
-            self.sa = np.concatenate([self.sa, np.zeros((new - cap, width), np.float32)])
-            self.sb = np.concatenate([self.sb, np.zeros((new - cap, width), np.float32)])
+            self._set_sums(np.concatenate([self.sums, np.zeros((new - cap, 2 * width), np.float32)]))
         if slots > width:
-            extra = np.zeros((self.sa.shape[0], slots - width), np.float32)
-            self.sa = np.concatenate([self.sa, extra], axis=1)
-            self.sb = np.concatenate([self.sb, extra.copy()], axis=1)
+            sums = np.zeros((self.sums.shape[0], 2 * slots), np.float32)
+            sums[:, :width] = self.sa
+            sums[:, slots : slots + width] = self.sb
+            self._set_sums(sums)
 
     def row(self, request_id: str, vector: np.ndarray, slots: int) -> int:
         """The row of ``request_id``, appended (with ``vector``) if new."""
@@ -91,17 +109,17 @@ class NeighbourMemory:
         self.sb[row, slot] += b
 
     def scale(self, factor: float) -> None:
-        self.sa[: self.n] *= factor
-        self.sb[: self.n] *= factor
+        self.sums[: self.n] *= factor
 
     def _compact(self) -> None:
         """Drop the oldest quarter of the rows and rebuild the graph from the rest."""
         drop = self.max_rows // 4
         keep = slice(drop, self.n)
-        vec, sa, sb = self.vec[keep].copy(), self.sa[keep].copy(), self.sb[keep].copy()
+        vec, sums = self.vec[keep].copy(), self.sums[keep].copy()
         ids = self.request_of[drop : self.n]
         self.reset()
-        self.vec, self.sa, self.sb = vec, sa, sb
+        self.vec = vec
+        self._set_sums(sums)
         self.n = len(ids)
         self.request_of = ids
         self.rows_by_request = {rid: i for i, rid in enumerate(ids)}
@@ -151,33 +169,37 @@ class NeighbourMemory:
         return self.tail
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Up to ``k`` nearest rows (IVF over the indexed rows, exact over the tail), best first."""
+        """Up to ``k`` nearest rows (IVF over the indexed rows, exact over the tail), best first.
+
+        With both parts present the rows come in ``argpartition`` order of the tail's hits
+        followed by the IVF's (callers sum over them in this order, so it is kept as it is)."""
         if self.n == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        import faiss
-
+        faiss = _faiss()
         if faiss.omp_get_max_threads() != 1:
             faiss.omp_set_num_threads(1)  # single queries: threads only add overhead
-        q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
-        parts = []
-        if self.n > self.built:
-            sims, ids = self._tail_index().search(q, k)
-            parts.append((ids[0] + self.built, sims[0], ids[0] >= 0))
+        q = np.ascontiguousarray(query, dtype=np.float32)
+        parts = [self._tail_index()] if self.n > self.built else []
         if self.index is not None:
-            sims, ids = self.index.search(q, k)
-            parts.append((ids[0], sims[0], ids[0] >= 0))
-        if len(parts) == 1:
-            rows, sims, ok = parts[0]
-            return rows[ok], sims[ok]
-        rows = np.concatenate([p[0][p[2]] for p in parts])
-        sims = np.concatenate([p[1][p[2]] for p in parts])
-        if len(rows) > k:
+            parts.append(self.index)
+        # both parts' hits side by side in one buffer: the tail's (rows offset by ``built``), the IVF's
+        sims = np.empty(len(parts) * k, np.float32)
+        ids = np.empty(len(parts) * k, np.int64)
+        ptr = faiss.swig_ptr
+        for p, index in enumerate(parts):
+            index.search_c(1, ptr(q), k, ptr(sims[p * k :]), ptr(ids[p * k :]), None)
+        keep = (ids >= 0) if ids[k - 1] < 0 or ids[-1] < 0 else None  # fewer than k hits: id -1
+        if self.n > self.built:
+            ids[:k] += self.built
+        if keep is not None:
+            ids, sims = ids[keep], sims[keep]
+        if len(ids) > k:
             top = np.argpartition(-sims, k - 1)[:k]
-            rows, sims = rows[top], sims[top]
-        return rows, sims
+            ids, sims = ids.take(top), sims.take(top)
+        return ids, sims
 
     def nbytes(self) -> int:
         held = 0 if self.index is None else self.index.ntotal * (self.dim + 8) + self.nlist * 4 * self.dim
         tail = 0 if self.tail is None else self.tail.ntotal * 4 * self.dim
         ids = 100 * len(self.request_of)  # dict entry + list slot + the id string, roughly
-        return int(self.vec.nbytes + self.sa.nbytes + self.sb.nbytes + held + tail + ids)
+        return int(self.vec.nbytes + self.sums.nbytes + held + tail + ids)

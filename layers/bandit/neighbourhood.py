@@ -163,25 +163,22 @@ class NeighbourhoodSelector(ThompsonSelector):
 
     # ---- choice ------------------------------------------------------------------------------
 
-    def _neighbour_sums(self, mem: NeighbourMemory, query: np.ndarray, slots: np.ndarray) -> tuple[Any, Any]:
+    def _neighbour_sums(self, mem: NeighbourMemory, query: np.ndarray) -> np.ndarray | None:
+        """(Σ κ_j·A_j, Σ κ_j·B_j) over the nearest rows, one (2, known models) array; None if none."""
         if mem.n == 0:  # nothing remembered (e.g. no train rows): skip the index call
-            return 0.0, 0.0
+            return None
         rows, sims = mem.search(query, self.k)
         if len(rows) == 0:
-            return 0.0, 0.0
-        ref = float(sims.max()) if self.relative else 1.0
-        kappa = np.exp((sims.astype(np.float64) - ref) / self.temp)
-        width = mem.sa.shape[1]
-        ok = slots < width
-        a = np.zeros(len(slots))
-        b = np.zeros(len(slots))
-        if ok.any():  # multiply-and-sum, not a BLAS gemv: threaded BLAS stalls on a busy machine
-            cols = slots[ok]
-            weights = kappa[:, None]
-            # gather whole rows first (contiguous), then the columns: the same sums, ~2.4x faster
-            a[ok] = (mem.sa.take(rows, axis=0) * weights).sum(axis=0)[cols]
-            b[ok] = (mem.sb.take(rows, axis=0) * weights).sum(axis=0)[cols]
-        return a, b
+            return None
+        x = np.subtract(sims, float(sims.max()) if self.relative else 1.0, dtype=np.float64)
+        x /= self.temp
+        kappa = np.exp(x, out=x)[:, None]
+        # Multiply-and-sum, not a BLAS gemv (threaded BLAS stalls on a busy machine); whole rows
+        # gathered first (contiguous), then the candidates' columns: the same sums, ~2.4x faster.
+        sums = (mem.sums.take(rows, axis=0) * kappa).sum(axis=0).reshape(2, -1)  # A's, then B's
+        if sums.shape[1] < len(self._index):  # models with no remembered reward yet: sums 0
+            sums = np.concatenate((sums, np.zeros((2, len(self._index) - sums.shape[1]))), axis=1)
+        return sums
 
     def _inputs(
         self, ctx: SelectionContext, context: str, now: float | None = None
@@ -194,17 +191,28 @@ class NeighbourhoodSelector(ThompsonSelector):
             a0, b0 = self._prior(context)
             alpha = a0[slots] + self.ctx_weight * (alpha - a0[slots])
             beta = b0[slots] + self.ctx_weight * (beta - b0[slots])
+        # alpha and beta as the rows of one array: each step below is one numpy call, not two
+        post = np.empty((2, len(slots)))
+        post[0], post[1] = alpha, beta
         if self.ctx_cap is not None:
-            shrink = np.minimum(1.0, self.ctx_cap / (alpha + beta))
-            alpha, beta = alpha * shrink, beta * shrink
-        la, lb = self._neighbour_sums(self.memory, query, slots)
+            post *= np.minimum(1.0, self.ctx_cap / (alpha + beta))
+        live = self._neighbour_sums(self.memory, query)
         decay = self._decay(now)
-        pa, pb = self._neighbour_sums(self.prior, query, slots)
-        if self.conflict_z2 is not None and self.prior.n and self.memory.n:
-            pa, pb = self._discount(decay * la, decay * lb, pa, pb)
-        alpha = np.maximum(alpha + self.lam * (decay * la + pa), 1e-9)
-        beta = np.maximum(beta + self.lam * (decay * lb + pb), 1e-9)
-        return alpha, beta, penalty, weight, slots
+        train = self._neighbour_sums(self.prior, query)
+        if live is not None:
+            live = live.take(slots, axis=1)
+            if decay != 1.0:
+                live = decay * live
+        if train is not None:
+            train = train.take(slots, axis=1)
+            if self.conflict_z2 is not None and live is not None:
+                train = np.stack(self._discount(live[0], live[1], train[0], train[1]))
+            live = train if live is None else live + train
+        # post + lam·(decay·live + train), skipping the steps that cannot change a float (x + 0, 1·x)
+        if live is not None:
+            post += live if self.lam == 1.0 else self.lam * live
+        np.maximum(post, 1e-9, out=post)
+        return post[0], post[1], penalty, weight, slots
 
     def _discount(self, la: Any, lb: Any, pa: Any, pb: Any) -> tuple[Any, Any]:
         """Scale each model's train evidence by exp(-(z² - z0²)/2) where the live neighbours' mean
@@ -232,12 +240,15 @@ class NeighbourhoodSelector(ThompsonSelector):
         total = alpha + beta
         mean = alpha / total
         sd = np.sqrt(alpha * beta / (total * total * (total + 1.0)))
-        draws = mean + sd * self.rng.standard_normal((self.samples, len(alpha)))
-        return int(np.count_nonzero(np.argmax(draws - penalty, axis=1) == best))
+        draws = self.rng.standard_normal((self.samples, len(alpha)))
+        draws *= sd  # in place, the same operations as mean + sd·z - penalty
+        draws += mean
+        draws -= penalty
+        return int(np.count_nonzero(draws.argmax(axis=1) == best))
 
     def select(self, ctx: SelectionContext) -> Selection:
         selection = super().select(ctx)
-        if as_vector(getattr(ctx, "embedding", None)) is not None:
+        if getattr(ctx, "embedding", None) is not None:
             selection.method = "thompson_neighbourhood"
         return selection
 

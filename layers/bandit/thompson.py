@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import operator
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -74,6 +75,7 @@ DEFAULTS: dict[str, Any] = {
 _FRESH_DRAWS_MAX = 1024
 # Rescale the decay reference once the newest event is this many half-lives past it (2^256 is safe).
 _RESCALE_HALF_LIVES = 256.0
+_NAME = operator.attrgetter("name")
 # Fitted priors heavier than this (pseudo-observations per arm) outweigh a half-life's live evidence.
 HEAVY_PRIOR = 300.0
 
@@ -158,7 +160,7 @@ class ThompsonSelector(Selector):
         self._fitted = self._load_priors(self.options["priors_path"])
         self._warn_heavy_prior_under_decay()
         self._prior_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        self._cand_cache: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._cand_cache: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, np.ndarray, bool]] = {}
         self.reset()
 
     # ---- state -------------------------------------------------------------------------------
@@ -291,12 +293,15 @@ class ThompsonSelector(Selector):
             return a0.copy(), b0.copy()
         state.grow(len(self._index))
         decay = self._decay(now)
+        if decay == 1.0:  # no half-life: 1.0·x is x, one numpy call less per array
+            return a0 + state.sa, b0 + state.sb
         return a0 + decay * state.sa, b0 + decay * state.sb
 
     # ---- choice ------------------------------------------------------------------------------
 
-    def _candidates(self, candidates: list[ModelSpec]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        key = tuple(m.name for m in candidates)
+    def _candidates(self, candidates: list[ModelSpec]) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+        """(slots, input and output price per token, whether the slots are 0, 1, 2, … in order)."""
+        key = tuple(map(_NAME, candidates))
         cached = self._cand_cache.get(key)
         if cached is None:
             for m in candidates:
@@ -305,7 +310,8 @@ class ThompsonSelector(Selector):
             slots = np.array([self._index[m.name] for m in candidates], dtype=np.int64)
             pin = np.array([m.input_price_per_mtok for m in candidates]) / 1e6
             pout = np.array([m.output_price_per_mtok for m in candidates]) / 1e6
-            cached = self._cand_cache[key] = (slots, pin, pout)
+            in_order = bool(np.array_equal(slots, np.arange(len(slots))))
+            cached = self._cand_cache[key] = (slots, pin, pout, in_order)
         return cached
 
     def _utility_inputs(
@@ -318,13 +324,15 @@ class ThompsonSelector(Selector):
         self, ctx: SelectionContext, context: str, now: float | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray]:
         """(alpha, beta, cost penalty) of the candidates, the cost weight, and their slots."""
-        slots, pin, pout = self._candidates(ctx.candidates)
+        slots, pin, pout, in_order = self._candidates(ctx.candidates)
         alpha, beta = self.posterior(context, now)
         cost = pin * ctx.prompt_tokens + pout * ctx.expected_completion_tokens
         top = float(cost.max()) if len(cost) else 0.0
         norm = cost / top if top > 0 else np.zeros_like(cost)
         weight = self.cost_weight if ctx.cost_weight is None else float(ctx.cost_weight)
-        return np.maximum(alpha[slots], 1e-9), np.maximum(beta[slots], 1e-9), weight * norm, weight, slots
+        if not (in_order and len(slots) == len(alpha)):  # else alpha[slots] is alpha itself
+            alpha, beta = alpha[slots], beta[slots]
+        return np.maximum(alpha, 1e-9), np.maximum(beta, 1e-9), weight * norm, weight, slots
 
     def _bank_hits(
         self,
@@ -391,13 +399,13 @@ class ThompsonSelector(Selector):
             # The decision's own draw counts as one of samples+1, so the estimate is never 0 (IPS-safe).
             hits = self._propensity_hits(context, slots, alpha, beta, penalty, best)
             propensity = (hits + 1) / (self.samples + 1)
-        names = [m.name for m in ctx.candidates]
+        names = list(map(_NAME, ctx.candidates))
         return Selection(
             model=names[best],
             method="thompson",
             context=context,
             candidates=names,
-            ranked=[names[i] for i in order.tolist()],
+            ranked=list(map(names.__getitem__, order.tolist())),
             utilities=dict(zip(names, utility.tolist(), strict=True)),
             sampled=dict(zip(names, theta.tolist(), strict=True)),
             propensity=propensity,

@@ -168,7 +168,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.neighbourhood:
-        neighbourhood_main(args.rows, args.memory_rows, args.decisions)
+        neighbourhood_main(args.rows, args.memory_rows, args.decisions, 3 if args.quick else args.repeats)
         return
     decisions, repeats = (500, 3) if args.quick else (args.decisions, args.repeats)
     results: list[dict[str, Any]] = []
@@ -220,10 +220,10 @@ def main() -> None:
     print(f"wrote {path}")
 
 
-def neighbourhood_main(rows: int, memory_rows: int, decisions: int) -> None:
+def neighbourhood_main(rows: int, memory_rows: int, decisions: int, repeats: int) -> None:
     from ops.bench import bandit_neighbourhood as nbh
 
-    result = nbh.run(make_pool(40), rows, memory_rows, decisions)
+    result = nbh.run(make_pool(40), rows, memory_rows, decisions, repeats)
     table_rows = [
         [name, f"{t['p50_ms']:.4f}", f"{t['p99_ms']:.4f}", f"{t['mean_ms']:.4f}"]
         for name, t in result["timing"].items()
@@ -236,6 +236,18 @@ def neighbourhood_main(rows: int, memory_rows: int, decisions: int) -> None:
     p50 = result["timing"]["neighbourhood"]["p50_ms"]
     print(
         f"neighbourhood p50 {p50:.4f} ms (target <= {nbh.TARGET_MS} ms), {result['ratio_p50']:.2f}x thompson"
+    )
+    pair = result["side_by_side"]
+    print(
+        "side by side, {} repeats: p50 {:.4f} ms vs {:.4f} ms before the speed-up ({:.3f}x); "
+        "identical selections {}/{}".format(
+            result["repeats"],
+            pair["neighbourhood"]["p50_ms"],
+            pair[nbh.BEFORE]["p50_ms"],
+            result["ratio_p50_vs_before"],
+            result["identical_selections"],
+            result["decisions_compared"],
+        )
     )
     print(f"memory at {rows:,} rows: {result['memory_bytes_at_rows'] / 1e6:.1f} MB")
     for label, m in result.get("memory", {}).items():
