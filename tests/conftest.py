@@ -42,3 +42,13 @@ def upstream() -> Iterator[Any]:
         yield fake
     finally:
         fake.stop()
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    """A PostgreSQL of the test's own, for tests that stop and start it (outages)."""
+    own = start_cluster()  # raises PostgresError: these tests fail, never skip
+    try:
+        yield own
+    finally:
+        own.stop()

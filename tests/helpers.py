@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +71,24 @@ def make_settings(home: Path, models: list[dict[str, Any]] | None = None, **over
         values["models"] = models
     values.update(overrides)
     return load_settings(None, environ={}, overrides=values)
+
+
+def posteriors(
+    client: Any, headers: dict[str, str] | None = None
+) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """Layer 2's posteriors as ``/admin/api/bandit`` shows them: context → model → (alpha, beta, pulls)."""
+    snapshot = client.get("/admin/api/bandit", headers=headers or {}).json()
+    return {
+        context: {name: (m["alpha"], m["beta"], m["pulls"]) for name, m in models.items()}
+        for context, models in snapshot["contexts"].items()
+    }
+
+
+def wait_for(check: Any, timeout_s: float = 20.0) -> bool:
+    """Poll ``check()`` until it is true (True) or ``timeout_s`` passes (False)."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +29,9 @@ from compass.storage.postgres import PostgresStore
 from compass.storage.spool import claim, recover_spool, replay_segment
 from compass.upstream.mock import MockUpstream
 from tests.helpers import MOCK_POOL, make_settings
-from tests.postgres import Cluster, start_cluster
+from tests.postgres import Cluster
 
 CHAT = "/v1/chat/completions"
-
-
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    own = start_cluster()  # raises PostgresError: these tests fail, never skip
-    try:
-        yield own
-    finally:
-        own.stop()
 
 
 def gateway(home: Path, url: str, mock: MockUpstream | None = None, **overrides: Any) -> TestClient:

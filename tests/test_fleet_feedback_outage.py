@@ -8,12 +8,10 @@ case (feedback acknowledged while PostgreSQL is down, the replica killed, both b
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 from litestar.testing import TestClient
 
 from compass.http.app import create_app
@@ -25,20 +23,11 @@ from compass.storage.postgres import PostgresStore
 from compass.storage.spool import replay_segment
 from compass.storage.spool_feedback import apply_spooled_feedback, feedback_item
 from compass.upstream.mock import MockUpstream
-from tests.helpers import MOCK_POOL, make_settings
-from tests.postgres import Cluster, start_cluster
+from tests.helpers import MOCK_POOL, make_settings, posteriors, wait_for
+from tests.postgres import Cluster
 
 CHAT = "/v1/chat/completions"
 THOMPSON = {"selector.backend": "thompson", "selector.options": {"seed": 7}}
-
-
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    own = start_cluster()  # raises PostgresError: these tests fail, never skip
-    try:
-        yield own
-    finally:
-        own.stop()
 
 
 def gateway(home: Path, url: str, **overrides: Any) -> TestClient:
@@ -50,23 +39,6 @@ def chat(client: TestClient, text: str) -> str:
     response = client.post(CHAT, json={"messages": [{"role": "user", "content": text}]})
     assert response.status_code == 200, response.text
     return response.json()["id"]
-
-
-def posteriors(client: TestClient) -> dict[str, Any]:
-    snapshot = client.get("/admin/api/bandit").json()
-    return {
-        context: {name: (m["alpha"], m["beta"], m["pulls"]) for name, m in models.items()}
-        for context, models in snapshot["contexts"].items()
-    }
-
-
-def wait_for(check: Any, timeout_s: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def feedback_rows(url: str) -> list[tuple[str, float, bool]]:

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from ops.fake_upstream import FakeUpstream, demo_config
 from ops.procs import GatewayProcess
-from tests.helpers import demo_pool
+from tests.helpers import demo_pool, posteriors
 from tests.postgres import Cluster
 
 ADMIN = "adm-fleet-test-key"
@@ -52,14 +52,6 @@ def ask(http: httpx.Client, text: str) -> httpx.Response:
     response = http.post("/v1/chat/completions", json=body)
     assert response.status_code == 200, response.text
     return response
-
-
-def posteriors(http: httpx.Client) -> dict[str, dict[str, tuple[float, float, int]]]:
-    snapshot = http.get("/admin/api/bandit").json()
-    return {
-        context: {name: (m["alpha"], m["beta"], m["pulls"]) for name, m in models.items()}
-        for context, models in snapshot["contexts"].items()
-    }
 
 
 class Fleet:

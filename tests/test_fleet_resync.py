@@ -24,7 +24,7 @@ from compass.http.app import create_app
 from compass.services import Services, build_services
 from compass.upstream.mock import MockUpstream
 from ops.ports import free_port
-from tests.helpers import MOCK_POOL, make_settings
+from tests.helpers import MOCK_POOL, make_settings, posteriors, wait_for
 
 CHAT = "/v1/chat/completions"
 ADMIN = {"authorization": "Bearer adm-resync-test"}
@@ -54,25 +54,8 @@ def ask(client: TestClient, text: str) -> Any:
     return response
 
 
-def posteriors(client: TestClient) -> dict[str, Any]:
-    snapshot = client.get("/admin/api/bandit", headers=ADMIN).json()
-    return {
-        context: {name: (m["alpha"], m["beta"], m["pulls"]) for name, m in models.items()}
-        for context, models in snapshot["contexts"].items()
-    }
-
-
 def entries(client: TestClient) -> int:
     return client.get("/admin/api/cache", headers=ADMIN).json()["entries"]
-
-
-def wait_for(check: Any, timeout_s: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def test_a_follower_cut_off_too_long_rebuilds_its_views_from_the_store_and_follows_on(
@@ -101,10 +84,10 @@ def test_a_follower_cut_off_too_long_rebuilds_its_views_from_the_store_and_follo
         assert made.status_code == 201, made.text
         with psycopg.connect(pg_url, autocommit=True) as con:
             assert con.execute("DELETE FROM fleet_events").rowcount > 0  # pruned while B was away
-        assert posteriors(b) != posteriors(a)
+        assert posteriors(b, ADMIN) != posteriors(a, ADMIN)
         follower.url = real_url
         assert wait_for(lambda: follower.resyncs == 1), "the follower never rebuilt"
-        assert posteriors(b) == posteriors(a)
+        assert posteriors(b, ADMIN) == posteriors(a, ADMIN)
         assert entries(b) == entries(a) == 5  # 6 questions, 2 rated down; the cello's evicted; the violin's
         assert ask(b, "What is a good first violin?").headers["x-compass-cache"] == "exact"
         assert ask(b, "How do I learn the cello?").headers["x-compass-cache"] == "miss"
@@ -112,7 +95,7 @@ def test_a_follower_cut_off_too_long_rebuilds_its_views_from_the_store_and_follo
         assert b.get("/v1/models", headers=key).status_code == 200
         # and it follows on from the rebuild's snapshot
         assert a.post("/feedback", json={"id": served[0], "thumbs": "up"}, headers=ADMIN).status_code == 200
-        assert wait_for(lambda: posteriors(b) == posteriors(a), 5.0)
+        assert wait_for(lambda: posteriors(b, ADMIN) == posteriors(a, ADMIN), 5.0)
         assert follower.resyncs == 1
 
 
@@ -164,8 +147,11 @@ def test_own_feedback_and_failures_during_a_resync_are_neither_lost_nor_counted_
         for thread in threads:
             thread.join(timeout=30)
         assert wait_for(lambda: follower.resyncs == 1)
-        assert wait_for(lambda: posteriors(a) == posteriors(b), 5.0), (posteriors(a), posteriors(b))
-        posteriors_of_b = posteriors(b)
+        assert wait_for(lambda: posteriors(a, ADMIN) == posteriors(b, ADMIN), 5.0), (
+            posteriors(a, ADMIN),
+            posteriors(b, ADMIN),
+        )
+        posteriors_of_b = posteriors(b, ADMIN)
         with psycopg.connect(pg_url) as con:
             counts = con.execute(
                 "SELECT source, count(*) FROM rewards GROUP BY source ORDER BY source"
@@ -173,4 +159,4 @@ def test_own_feedback_and_failures_during_a_resync_are_neither_lost_nor_counted_
         assert counts == [("failure", 6), ("feedback", 7)]
     c, _ = replica(tmp_path / "c", pg_url, cache=False)
     with c:  # the fold over the stored rows, from scratch
-        assert posteriors(c) == posteriors_of_b
+        assert posteriors(c, ADMIN) == posteriors_of_b

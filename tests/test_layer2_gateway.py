@@ -12,7 +12,7 @@ from compass.errors import UpstreamError
 from compass.http.app import create_app
 from compass.services import build_services
 from compass.upstream.mock import MockUpstream
-from tests.helpers import MOCK_POOL, make_settings
+from tests.helpers import MOCK_POOL, make_settings, posteriors
 
 CHAT = "/v1/chat/completions"
 
@@ -22,14 +22,6 @@ def thompson_gateway(home: Path, mock: MockUpstream) -> TestClient:
         home, MOCK_POOL, **{"selector.backend": "thompson", "selector.options": {"seed": 3}}
     )
     return TestClient(create_app(settings, build_services(settings, upstream=mock)))
-
-
-def posteriors(client: TestClient) -> dict[str, dict[str, tuple[float, float, int]]]:
-    snapshot = client.get("/admin/api/bandit").json()
-    return {
-        context: {name: (m["alpha"], m["beta"], m["pulls"]) for name, m in models.items()}
-        for context, models in snapshot["contexts"].items()
-    }
 
 
 def ask(client: TestClient, text: str, **extra: Any) -> dict[str, Any]:

@@ -39,6 +39,7 @@ import httpx
 import yaml
 
 from ops.bench.common import RESULTS, load, write_json
+from ops.bench.cpu import process_tree
 from ops.fake_upstream import instant_config, spawn_fake_upstream
 from ops.ports import free_port
 from ops.procs import REPO, GatewayProcess
@@ -187,23 +188,6 @@ class LiteLLMProxy:
 
 
 # -- measuring -----------------------------------------------------------------------------------
-
-
-def process_tree(pid: int) -> list[int]:
-    children: dict[int, list[int]] = collections.defaultdict(list)
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children[ppid].append(int(entry.name))
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo.extend(children.get(current, []))
-    return tree
 
 
 def cpu_seconds(pid: int | None) -> float:
