@@ -142,3 +142,39 @@ def test_past_the_ivf_and_the_row_bound_a_rebuild_finds_the_same_neighbours() ->
     # a remembered vector finds itself first (8-bit codes keep the nearest neighbour)
     rows, sims = first.search(vectors[8999], 4)
     assert first.request_of[int(rows[np.argmax(sims)])] == "q8999"
+
+
+def _regressed_small(options: dict, live: int, gap_s: float = 1.0) -> float:
+    """Mean of ``small`` in region a after train rows say it is right there and ``live`` live
+    rewards (``gap_s`` apart) say it now fails."""
+    rng = np.random.default_rng(3)
+    clock = [1_700_000_000.0]
+    selector = NeighbourhoodSelector({"seed": 0, "k": 20, **options}, POOL, clock=lambda: clock[0])
+    train = np.stack([near("a", rng) for _ in range(40)])
+    models = ["small", "mid", "big"]
+    selector.prior_rows(train, models, np.tile([1.0, 0.0, 0.0], (40, 1)))
+    for i in range(live):
+        clock[0] = 1_700_000_000.0 + i * gap_s
+        selector.observe(
+            RewardEvent(
+                request_id=f"live{i}",
+                context="medium",
+                model="small",
+                reward=0.0,
+                ts=clock[0],
+                embedding=near("a", rng).tobytes(),
+            )
+        )
+    alpha, beta, *_ = selector._inputs(context(near("a", rng)), "medium")
+    return float(alpha[0] / (alpha[0] + beta[0]))
+
+
+def test_train_rows_give_way_to_live_evidence_only_when_asked() -> None:
+    kept = _regressed_small({}, live=60)  # 20 neighbours x 16: the benchmark outweighs 20 live rows
+    assert kept > 0.7  # (the tier context, capped at 64 observations of 0, pulls it down a little)
+    assert _regressed_small({"prior_takeover": 2.0}, live=60) < 0.3
+    # prior_fades: after 10 half-lives the train rows weigh 2^-10, the live ones (recent) do not
+    faded = _regressed_small({"half_life_s": 100.0, "prior_fades": True}, live=60, gap_s=20.0)
+    assert faded < 0.2
+    unfaded = _regressed_small({"half_life_s": 100.0}, live=60, gap_s=20.0)
+    assert unfaded > 0.7

@@ -12,13 +12,18 @@ candidate model ``i`` gets::
 where ``alpha0`` is the tier (or fitted) prior, ``A_ctx`` the context's decayed sums exactly as
 ``ThompsonSelector`` keeps them (capped at ``ctx_cap`` observations, keeping its mean, so that the
 neighbourhood decides once it has evidence), and ``A_j,i`` row j's decayed reward sums for model
-i. Defaults (k 100, temp 10: nearly kNN's uniform weights, ctx_cap 64, train rows x4) are the ones
-the replay preferred (ops/bench/RESULTS_replay.md); ``kernel: absolute`` uses ``sim - 1``. The draw,
-the cost term, the ranking, the propensity, the half-life and the source weights are the
+i. Defaults (k 100, temp 10: nearly kNN's uniform weights, ctx_cap 64) are the ones the replay
+preferred (ops/bench/RESULTS_replay.md); train rows count x16 (``prior_weight``, chosen on a
+held-out fifth of the train splits, ``ops/bench/l2_tune.py``: a posterior as concentrated as
+kNN's mean, so Thompson stops exploring where the benchmark already knows the answer);
+``kernel: absolute`` uses ``sim - 1``. The draw, the cost term, the ranking, the propensity, the
+half-life and the source weights are the
 Thompson selector's. Rows are keyed by request id: a failure of one model and feedback on the
 fallback model of the same request land in one row. ``prior_rows`` (train data, e.g. from
 ``compass train --history``) are rows that the half-life does not fade, weighted by
-``prior_weight``.
+``prior_weight``. Two options, off by default, trade that back for drift: ``prior_fades`` (train
+rows age under the half-life from the first live reward) and ``prior_takeover`` (n0: a model's
+train rows scaled by n0 / (n0 + its live neighbourhood evidence)).
 
 The embedding comes with the decision (``SelectionContext.embedding``, the vector Layer 1 and the
 cache already computed) and with each reward (``RewardEvent.embedding``, stored with the request);
@@ -46,10 +51,15 @@ NEIGHBOUR_DEFAULTS: dict[str, Any] = {
     "ctx_weight": 1.0,
     "ctx_cap": 64.0,  # the context posterior counts as at most this many observations (keeps its mean)
     "kernel": "relative",  # absolute: exp((sim - 1)/temp); relative: exp((sim - nearest sim)/temp)
-    "prior_weight": 4.0,
+    "prior_weight": 16.0,  # a train row counts 16 times (chosen on train data: ops/bench/l2_tune.py)
     # Train rows are discounted per model where live neighbours contradict them by more than this
     # many standard errors (None: never): a regressed model cannot hide behind its benchmark.
     "conflict_z": None,
+    # Train rows of a model are scaled by n0 / (n0 + its live evidence in the neighbourhood) with
+    # prior_takeover = n0 (None: never): live feedback takes over from the benchmark model by model.
+    "prior_takeover": None,
+    # Whether train rows age under half_life_s like live rewards (from the first live reward on).
+    "prior_fades": False,
     "max_rows": 200_000,
     "chunk": 256,
     "nprobe": 8,
@@ -95,6 +105,10 @@ class NeighbourhoodSelector(ThompsonSelector):
         self.relative = self.nopts["kernel"] == "relative"
         z = self.nopts["conflict_z"]
         self.conflict_z2 = None if z is None else float(z) ** 2
+        take = self.nopts["prior_takeover"]
+        self.takeover = None if take is None else float(take)
+        self.prior_fades = bool(self.nopts["prior_fades"])
+        self._prior_t: float | None = None  # when train rows started ageing (the first live reward)
         self.memory = NeighbourMemory(
             int(self.nopts["dim"]),
             int(self.nopts["max_rows"]),
@@ -110,6 +124,7 @@ class NeighbourhoodSelector(ThompsonSelector):
 
     def reset(self) -> None:
         super().reset()
+        self._prior_t = None
         if hasattr(self, "memory"):
             self.memory.reset()
 
@@ -144,6 +159,8 @@ class NeighbourhoodSelector(ThompsonSelector):
         self.prior_rows(data["vectors"], [str(m) for m in data["models"]], data["rewards"], mask, weight)
 
     def _weight(self, event: RewardEvent) -> float:
+        if self._prior_t is None:
+            self._prior_t = event.ts
         scale_before = self._t_ref
         w = super()._weight(event)
         if self.half_life is not None and scale_before is not None and self._t_ref != scale_before:
@@ -207,12 +224,25 @@ class NeighbourhoodSelector(ThompsonSelector):
             train = train.take(slots, axis=1)
             if self.conflict_z2 is not None and live is not None:
                 train = np.stack(self._discount(live[0], live[1], train[0], train[1]))
+            if self.takeover is not None or self.prior_fades:
+                la, lb = (live[0], live[1]) if live is not None else (0.0, 0.0)
+                train = np.stack(self._age_prior(la, lb, train[0], train[1], decay))
             live = train if live is None else live + train
         # post + lam·(decay·live + train), skipping the steps that cannot change a float (x + 0, 1·x)
         if live is not None:
             post += live if self.lam == 1.0 else self.lam * live
         np.maximum(post, 1e-9, out=post)
         return post[0], post[1], penalty, weight, slots
+
+    def _age_prior(self, la: Any, lb: Any, pa: Any, pb: Any, decay: float) -> tuple[Any, Any]:
+        """Train evidence as live evidence accumulates (``prior_takeover``) and as time passes
+        (``prior_fades``: the half-life from the first live reward, like a live reward of then)."""
+        keep: Any = 1.0
+        if self.takeover is not None:
+            keep = self.takeover / (self.takeover + la + lb)
+        if self.prior_fades and self.half_life is not None and self._prior_t is not None:
+            keep = keep * decay * 2.0 ** ((self._prior_t - self._t_ref) / self.half_life)
+        return pa * keep, pb * keep
 
     def _discount(self, la: Any, lb: Any, pa: Any, pb: Any) -> tuple[Any, Any]:
         """Scale each model's train evidence by exp(-(z² - z0²)/2) where the live neighbours' mean
