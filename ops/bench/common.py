@@ -35,6 +35,19 @@ def summarize(latencies_ms: list[float], wall_s: float, errors: int) -> dict[str
     }
 
 
+async def post_and_read(
+    session: Any, url: str, body: dict[str, Any], stream: bool, headers: dict[str, str] | None = None
+) -> bool:
+    """POST ``body`` and read the whole answer (every SSE chunk when streaming): True on a 200."""
+    async with session.post(url, json=body, headers=headers) as response:
+        if stream:
+            async for _ in response.content:
+                pass
+        else:
+            await response.read()
+        return response.status == 200
+
+
 async def load(
     url: str,
     make_body: Callable[[int], dict[str, Any]],
@@ -67,13 +80,7 @@ async def load(
                 body = {**body, "stream": True}
             start = time.perf_counter()
             try:
-                async with session.post(url, json=body, headers=headers) as response:
-                    if stream:
-                        async for _ in response.content:
-                            pass
-                    else:
-                        await response.read()
-                    ok = response.status == 200
+                ok = await post_and_read(session, url, body, stream, headers)
             except (aiohttp.ClientError, TimeoutError):
                 ok = False
             if ok:

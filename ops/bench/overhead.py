@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ops.bench.common import load, print_table, write_json
+from ops.bench.common import load, post_and_read, print_table, write_json
 from ops.fake_upstream import FakeModelBehaviour, FakeUpstreamConfig, spawn_fake_upstream
 from ops.procs import GatewayProcess
 
@@ -142,13 +142,7 @@ async def interleaved(
                 if stream:
                     payload = {**payload, "stream": True}
                 start = time.perf_counter()
-                async with session.post(url, json=payload) as response:
-                    if stream:
-                        async for _ in response.content:
-                            pass
-                    else:
-                        await response.read()
-                    ok = response.status == 200
+                ok = await post_and_read(session, url, payload, stream)
                 if r < 50:
                     continue
                 if ok:
