@@ -7,6 +7,8 @@ gives the same decisions; with no embedding it is plain Thompson.
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 import numpy as np
 
@@ -169,12 +171,73 @@ def _regressed_small(options: dict, live: int, gap_s: float = 1.0) -> float:
     return float(alpha[0] / (alpha[0] + beta[0]))
 
 
-def test_train_rows_give_way_to_live_evidence_only_when_asked() -> None:
-    kept = _regressed_small({}, live=60)  # 20 neighbours x 16: the benchmark outweighs 20 live rows
+def test_train_rows_give_way_to_live_evidence_that_contradicts_them() -> None:
+    off = {"drift_tolerance": None}
+    kept = _regressed_small(off, live=60)  # 20 neighbours x 16: the benchmark outweighs 20 live rows
     assert kept > 0.7  # (the tier context, capped at 64 observations of 0, pulls it down a little)
-    assert _regressed_small({"prior_takeover": 2.0}, live=60) < 0.3
+    # the default drift guard: 60 live zeros where the train rows say 1.0 move those rows' mean
+    assert _regressed_small({}, live=60) < 0.1
+    # ... but not after 5 live zeros (fewer than drift_min_events recent events)
+    assert _regressed_small({}, live=5) > 0.7
+    assert _regressed_small({**off, "prior_takeover": 2.0}, live=60) < 0.3
     # prior_fades: after 10 half-lives the train rows weigh 2^-10, the live ones (recent) do not
-    faded = _regressed_small({"half_life_s": 100.0, "prior_fades": True}, live=60, gap_s=20.0)
+    faded = _regressed_small({**off, "half_life_s": 100.0, "prior_fades": True}, live=60, gap_s=20.0)
     assert faded < 0.2
-    unfaded = _regressed_small({"half_life_s": 100.0}, live=60, gap_s=20.0)
+    unfaded = _regressed_small({**off, "half_life_s": 100.0}, live=60, gap_s=20.0)
     assert unfaded > 0.7
+
+
+def _guarded(events: list[RewardEvent], **options: Any) -> NeighbourhoodSelector:
+    rng = np.random.default_rng(5)
+    selector = NeighbourhoodSelector({"seed": 0, "k": 20, **options}, POOL, clock=lambda: 1_700_000_100.0)
+    train = np.stack([near("a", rng) for _ in range(40)])
+    selector.prior_rows(train, ["small", "mid", "big"], np.tile([1.0, 0.5, 0.5], (40, 1)))
+    for event in events:
+        selector.observe(event)
+    return selector
+
+
+def test_the_drift_guard_is_a_fold_over_the_events() -> None:
+    """forget subtracts what observe added, so a rebuild from the stored events (re-rated ones
+    replaced) gives the live guard and posteriors back; within the tolerance it changes nothing."""
+    rng = np.random.default_rng(6)
+    events = [
+        RewardEvent(
+            request_id=f"e{i}",
+            context="medium",
+            model="small" if i % 3 else "mid",
+            reward=0.0 if i % 3 else 0.5,
+            ts=1_700_000_000.0 + i,
+            embedding=near("a", rng).tobytes(),
+        )
+        for i in range(60)
+    ]
+    live = _guarded(events)
+    rerated = [msgspec.structs.replace(e, reward=1.0 - e.reward, ts=e.ts + 60.0) for e in events[10:20]]
+    for old, new in zip(events[10:20], rerated, strict=True):  # feedback replaced (POST /feedback again)
+        live.forget(old)
+        live.observe(new)
+    rebuilt = _guarded(events[:10] + rerated + events[20:])
+    assert live.guard is not None and rebuilt.guard is not None
+    assert live.guard.active and live.guard.shift[live._index["small"]] > 0.5
+    assert np.allclose(live.guard.shift, rebuilt.guard.shift)
+    probe = context(near("a", rng))
+    for got, want in zip(
+        live._inputs(probe, "medium")[:2], rebuilt._inputs(probe, "medium")[:2], strict=True
+    ):
+        assert np.allclose(got, want)
+    # rewards as the train rows predict them: no shift, the same posteriors as with the guard off
+    agree = [msgspec.structs.replace(e, model="small", reward=1.0) for e in events]
+    on = _guarded(agree)
+    assert on.guard is not None and not on.guard.active
+    off = _guarded(agree, drift_tolerance=None)
+    for got, want in zip(on._inputs(probe, "medium")[:2], off._inputs(probe, "medium")[:2], strict=True):
+        assert np.array_equal(got, want)
+
+
+def test_ctx_cap_trained_applies_once_train_rows_are_loaded() -> None:
+    """The opt-in for pools that add models later: with a train memory the tier context counts
+    at most ``ctx_cap_trained`` observations (ops/bench/l2_tune.py --onboard)."""
+    assert NeighbourhoodSelector({"seed": 0, "ctx_cap_trained": 2.0}, POOL).ctx_cap == 64.0
+    assert _guarded([]).ctx_cap == 64.0
+    assert _guarded([], ctx_cap_trained=2.0).ctx_cap == 2.0

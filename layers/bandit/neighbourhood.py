@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from layers.bandit.base import RewardEvent, Selection, SelectionContext
+from layers.bandit.drift import DriftGuard
 from layers.bandit.memory import NeighbourMemory
 from layers.bandit.thompson import DEFAULTS as THOMPSON_DEFAULTS
 from layers.bandit.thompson import ThompsonSelector
@@ -50,6 +51,10 @@ NEIGHBOUR_DEFAULTS: dict[str, Any] = {
     "lam": 1.0,
     "ctx_weight": 1.0,
     "ctx_cap": 64.0,  # the context posterior counts as at most this many observations (keeps its mean)
+    # ... and at most this many once train rows are loaded (None: ctx_cap): a model added after the
+    # memory was built is then judged by its own neighbours rather than its tier-wide mean. A
+    # trade-off in the onboarding replay (ops/bench/l2_tune.py --onboard), so off by default.
+    "ctx_cap_trained": None,
     "kernel": "relative",  # absolute: exp((sim - 1)/temp); relative: exp((sim - nearest sim)/temp)
     "prior_weight": 16.0,  # a train row counts 16 times (chosen on train data: ops/bench/l2_tune.py)
     # Train rows are discounted per model where live neighbours contradict them by more than this
@@ -60,6 +65,14 @@ NEIGHBOUR_DEFAULTS: dict[str, Any] = {
     "prior_takeover": None,
     # Whether train rows age under half_life_s like live rewards (from the first live reward on).
     "prior_fades": False,
+    # The drift guard (layers/bandit/drift.py): a model's train evidence moves by how far its recent
+    # live rewards sit below (or above) its train rows' mean, beyond this tolerance (None: off).
+    # Chosen on the train splits' held-out fifth (ops/bench/l2_tune.py --split val): 0.03, 2 s.e.,
+    # 100 s; within the tolerance decisions are exactly those without the guard.
+    "drift_tolerance": 0.03,
+    "drift_z": 2.0,  # ... and beyond this many standard errors of that recent mean
+    "drift_half_life_s": 100.0,  # recency of the guard's sums (event time)
+    "drift_min_events": 10.0,  # recent events of the model needed before it acts
     "max_rows": 200_000,
     "chunk": 256,
     "nprobe": 8,
@@ -98,8 +111,10 @@ class NeighbourhoodSelector(ThompsonSelector):
         self.temp = float(self.nopts["temp"])
         self.lam = float(self.nopts["lam"])
         self.ctx_weight = float(self.nopts["ctx_weight"])
-        cap = self.nopts["ctx_cap"]
-        self.ctx_cap = None if cap is None else float(cap)
+        cap, cap_trained = self.nopts["ctx_cap"], self.nopts["ctx_cap_trained"]
+        self.ctx_cap_cold = None if cap is None else float(cap)
+        self.ctx_cap_trained = self.ctx_cap_cold if cap_trained is None else float(cap_trained)
+        self.ctx_cap = self.ctx_cap_cold
         if self.nopts["kernel"] not in ("absolute", "relative"):
             raise ValueError("neighbourhood option 'kernel' must be 'absolute' or 'relative'")
         self.relative = self.nopts["kernel"] == "relative"
@@ -108,6 +123,15 @@ class NeighbourhoodSelector(ThompsonSelector):
         take = self.nopts["prior_takeover"]
         self.takeover = None if take is None else float(take)
         self.prior_fades = bool(self.nopts["prior_fades"])
+        tol = self.nopts["drift_tolerance"]
+        self.guard = None
+        if tol is not None:
+            self.guard = DriftGuard(
+                float(tol),
+                float(self.nopts["drift_z"]),
+                float(self.nopts["drift_half_life_s"]),
+                float(self.nopts["drift_min_events"]),
+            )
         self._prior_t: float | None = None  # when train rows started ageing (the first live reward)
         self.memory = NeighbourMemory(
             int(self.nopts["dim"]),
@@ -127,6 +151,8 @@ class NeighbourhoodSelector(ThompsonSelector):
         self._prior_t = None
         if hasattr(self, "memory"):
             self.memory.reset()
+        if getattr(self, "guard", None) is not None:
+            self.guard.reset()
 
     def prior_rows(
         self,
@@ -143,6 +169,8 @@ class NeighbourhoodSelector(ThompsonSelector):
         w = float(self.nopts["prior_weight"] if weight is None else weight)
         seen = np.ones_like(rewards, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
         base = self.prior.n
+        if len(vectors):
+            self.ctx_cap = self.ctx_cap_trained
         for j, vec in enumerate(vectors):
             self.prior.row(f"prior:{base + j}", vec, len(self._index))
         self.prior._reserve(self.prior.n, len(self._index))
@@ -176,7 +204,28 @@ class NeighbourhoodSelector(ThompsonSelector):
         slot = self._slot(event.model)
         w = sign * self._weight(event)
         row = self.memory.row(event.request_id, vector, len(self._index))
+
         self.memory.add(row, slot, w * reward, w * (1.0 - reward))
+        if self.guard is not None and self.prior.n > 0:
+            self._guard_fold(event, vector, reward, slot, sign)
+
+    def _guard_fold(
+        self, event: RewardEvent, vector: np.ndarray, reward: float, slot: int, sign: float
+    ) -> None:
+        """The residual of this reward against the model's train rows at this prompt (skipped
+        where the model has no train evidence nearby)."""
+        train = self._train_sums(vector, slot)
+        if train is None or train[0] + train[1] <= 1e-9:
+            return
+        a, b = train
+        source_w = self.source_weights.get(event.source, 1.0)
+        self.guard.add(slot, a / (a + b) - reward, event.ts, sign * source_w, len(self._index))
+
+    def _train_sums(self, vector: np.ndarray, slot: int) -> tuple[float, float] | None:
+        sums = self._neighbour_sums(self.prior, vector)
+        if sums is None or slot >= sums.shape[1]:
+            return None
+        return float(sums[0, slot]), float(sums[1, slot])
 
     # ---- choice ------------------------------------------------------------------------------
 
@@ -224,6 +273,8 @@ class NeighbourhoodSelector(ThompsonSelector):
             train = train.take(slots, axis=1)
             if self.conflict_z2 is not None and live is not None:
                 train = np.stack(self._discount(live[0], live[1], train[0], train[1]))
+            if self.guard is not None and self.guard.active:
+                train = self.guard.apply(train, slots)
             if self.takeover is not None or self.prior_fades:
                 la, lb = (live[0], live[1]) if live is not None else (0.0, 0.0)
                 train = np.stack(self._age_prior(la, lb, train[0], train[1], decay))

@@ -171,6 +171,10 @@ class ReferenceNeighbourhood(NeighbourhoodSelector):
             b[ok] = (mem.sb.take(rows, axis=0) * weights).sum(axis=0)[cols]
         return a, b
 
+    def _train_sums(self, vector: np.ndarray, slot: int) -> tuple[float, float] | None:
+        a, b = self._neighbour_sums(self.prior, vector, np.array([slot]))
+        return None if np.isscalar(a) else (float(a[0]), float(b[0]))
+
     def _inputs(
         self, ctx: SelectionContext, context: str, now: float | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray]:
@@ -190,6 +194,8 @@ class ReferenceNeighbourhood(NeighbourhoodSelector):
         pa, pb = self._neighbour_sums(self.prior, query, slots)
         if self.conflict_z2 is not None and self.prior.n and self.memory.n:
             pa, pb = self._discount(decay * la, decay * lb, pa, pb)
+        if self.guard is not None and self.guard.active and self.prior.n:
+            pa, pb = self.guard.apply(np.stack([pa, pb]), slots)
         alpha = np.maximum(alpha + self.lam * (decay * la + pa), 1e-9)
         beta = np.maximum(beta + self.lam * (decay * lb + pb), 1e-9)
         return alpha, beta, penalty, weight, slots

@@ -60,17 +60,26 @@ class Stream:
 
 
 def run(
-    s: Stream, opts: dict[str, Any], w: float, seed: int, trained: bool, drift: tuple[int, float] | None
+    s: Stream,
+    opts: dict[str, Any],
+    w: float,
+    seed: int,
+    trained: bool,
+    drift: tuple[int, float] | None,
+    held: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(order, arms, per-step utility under the drift if any) of one selector run."""
+    """(order, arms, per-step utility under the drift if any) of one selector run; ``held``: a
+    model without train rows that joins the pool at the midpoint."""
     case = s.case
     step = [0.0]
     options = {"seed": seed, "propensity_samples": 0, "cost_weight": w, **opts}
     if trained:
         options.setdefault("k", s.k)
     sel = NeighbourhoodSelector(options, case.data.specs, clock=lambda: step[0])
+    cols = [j for j in range(len(case.models)) if j != held]
     if trained:
-        sel.prior_rows(s.mem_vecs, case.models, s.mem_rewards)
+        sel.prior_rows(s.mem_vecs, [case.models[j] for j in cols], s.mem_rewards[:, cols])
+    early = [case.data.specs[j] for j in cols]
     n = len(s.rewards)
     order = stream_order(n, seed)
     half = n // 2
@@ -84,7 +93,7 @@ def run(
         step[0] = float(t)
         ctx = SelectionContext(
             classification=s.cls[i],
-            candidates=case.data.specs,
+            candidates=early if (held is not None and t < half) else case.data.specs,
             prompt_tokens=s.tokens[i],
             expected_completion_tokens=case.data.expected_completion_tokens,
             cost_weight=w,
@@ -111,6 +120,34 @@ def run(
     return order, arms, util
 
 
+def onboarding(s: Stream, opts: dict[str, Any], seeds: list[int], trained: bool, window: int = 100) -> str:
+    """kNN's favourite at w=0.3 joins at the midpoint without train rows: per ``window`` events
+    after it joined, the share of the prompts kNN gives it that the selector routes to it."""
+    knn = s.knn_arms(0.3)
+    held = int(np.bincount(knn, minlength=len(s.case.models)).argmax())
+    curves, steady, after = [], [], []
+    for sd in seeds:
+        for joined in (True, False):
+            order, arms, util = run(s, opts, 0.3, sd, trained, None, held if joined else None)
+            half = len(order) // 2
+            if joined:
+                after.append(util[half:].mean())
+            mine = knn[order[half:]] == held
+            got = arms[half:] == held
+            if not joined:
+                steady.append(got[mine].mean())
+                continue
+            steps = np.arange(len(order) - half)
+            curves.append(
+                [got[mine & (steps // window == b)].mean() for b in range(int(steps[-1] // window) + 1)]
+            )
+    curve = np.nanmean(np.array([c[: min(map(len, curves))] for c in curves]), axis=0)
+    st = float(np.mean(steady))
+    first = next((window * (b + 1) for b, x in enumerate(curve) if x >= 0.8 * st), None)
+    head = f"onboard utility after {np.mean(after):.4f} steady {st:.2f} to80%steady {first} curve "
+    return head + " ".join(f"{x:.2f}" for x in curve)
+
+
 def knn_util(s: Stream, w: float, seed: int, drift: tuple[int, float] | None) -> np.ndarray:
     n = len(s.rewards)
     order = stream_order(n, seed)
@@ -133,6 +170,7 @@ def main() -> None:
     p.add_argument("--variant", action="append", default=[], help="name=json options")
     p.add_argument("--cold", action="store_true", help="also run without train rows")
     p.add_argument("--no-trained", action="store_true")
+    p.add_argument("--onboard", action="store_true", help="also the new-model onboarding curve")
     a = p.parse_args()
     seeds = [int(x) for x in a.seeds.split(",")]
     weights = [float(x) for x in a.weights.split(",")]
@@ -159,6 +197,8 @@ def main() -> None:
                         half = len(util) // 2
                         d.append(util[half:].mean() - ref[half:].mean())
                     cells.append(f"drift{sev:g} {np.mean(d):+.3f}")
+                if a.onboard:
+                    cells.append(onboarding(s, opts, seeds, trained))
                 tag = "trained" if trained else "cold"
                 took = f"{time.perf_counter() - t0:.0f}s"
                 print(f"{vname:>14} {tag:7} | " + " | ".join(cells) + f" | {took}", flush=True)
