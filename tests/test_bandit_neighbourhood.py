@@ -241,3 +241,33 @@ def test_ctx_cap_trained_applies_once_train_rows_are_loaded() -> None:
     assert NeighbourhoodSelector({"seed": 0, "ctx_cap_trained": 2.0}, POOL).ctx_cap == 64.0
     assert _guarded([]).ctx_cap == 64.0
     assert _guarded([], ctx_cap_trained=2.0).ctx_cap == 2.0
+
+
+def test_a_rebuild_batches_the_guards_searches_and_gets_the_live_fold_bit_for_bit() -> None:
+    """Past the IVF's first training (4,096 train rows) and with a flat tail, the batched searches
+    of ``rebuild`` give the guard exactly the sums that one search per live event gave."""
+    rng = np.random.default_rng(8)
+    train = np.stack([near("a" if i % 2 else "b", rng) for i in range(4500)])
+    rewards = np.stack([np.full(4500, 1.0), np.full(4500, 0.6), rng.random(4500)], axis=1)
+    events = [
+        RewardEvent(
+            request_id=f"g{i}",
+            context="medium",
+            model=("small", "mid", "big")[i % 3],
+            reward=float(i % 4 == 0),
+            ts=1_700_000_000.0 + i,
+            embedding=near("a" if i % 5 else "b", rng).tobytes(),
+        )
+        for i in range(300)
+    ]
+    live = NeighbourhoodSelector({"seed": 0}, POOL)
+    live.prior_rows(train, ["small", "mid", "big"], rewards)
+    assert live.prior.index is not None and live.prior.n > live.prior.built  # IVF and tail
+    for event in events:
+        live.observe(event)
+    rebuilt = NeighbourhoodSelector({"seed": 0}, POOL)
+    rebuilt.prior_rows(train, ["small", "mid", "big"], rewards)
+    rebuilt.rebuild(events)
+    assert live.guard is not None and rebuilt.guard is not None and live.guard.active
+    for name in ("s", "q", "n", "shift"):
+        assert np.array_equal(getattr(live.guard, name), getattr(rebuilt.guard, name)), name

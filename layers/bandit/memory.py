@@ -20,6 +20,7 @@ measures it at 1M remembered rewards).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -197,6 +198,41 @@ class NeighbourMemory:
             top = np.argpartition(-sims, k - 1)[:k]
             ids, sims = ids.take(top), sims.take(top)
         return ids, sims
+
+    def search_many(self, queries: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``search`` for each row of ``queries`` with one FAISS call per part (a rebuild's
+        residuals), the same rows, similarities and order as one ``search`` per query: FAISS's
+        BLAS path for large batches is off meanwhile, so every dot product is the one-query one;
+        the queries run on every core (each query's result does not depend on the others)."""
+        if self.n == 0 or len(queries) == 0:
+            return [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in range(len(queries))]
+        faiss = _faiss()
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        parts = [self._tail_index()] if self.n > self.built else []
+        if self.index is not None:
+            parts.append(self.index)
+        threshold = faiss.cvar.distance_compute_blas_threshold
+        faiss.cvar.distance_compute_blas_threshold = 1 << 30
+        faiss.omp_set_num_threads(os.cpu_count() or 1)  # queries are independent: same results
+        try:
+            found = [index.search(q, k) for index in parts]
+        finally:
+            faiss.cvar.distance_compute_blas_threshold = threshold
+            faiss.omp_set_num_threads(1)
+        out = []
+        for i in range(len(q)):
+            sims = np.concatenate([f[0][i] for f in found]).astype(np.float32)
+            ids = np.concatenate([f[1][i] for f in found]).astype(np.int64)
+            keep = (ids >= 0) if ids[k - 1] < 0 or ids[-1] < 0 else None
+            if self.n > self.built:
+                ids[:k] += self.built
+            if keep is not None:
+                ids, sims = ids[keep], sims[keep]
+            if len(ids) > k:
+                top = np.argpartition(-sims, k - 1)[:k]
+                ids, sims = ids.take(top), sims.take(top)
+            out.append((ids, sims))
+        return out
 
     def nbytes(self) -> int:
         held = 0 if self.index is None else self.index.ntotal * (self.dim + 8) + self.nlist * 4 * self.dim

@@ -33,7 +33,7 @@ reward events in order, so ``rebuild`` reproduces the live posteriors (see layer
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -133,6 +133,7 @@ class NeighbourhoodSelector(ThompsonSelector):
                 float(self.nopts["drift_min_events"]),
             )
         self._prior_t: float | None = None  # when train rows started ageing (the first live reward)
+        self._train_cache: dict[bytes, np.ndarray | None] | None = None  # rebuild: batch-searched sums
         self.memory = NeighbourMemory(
             int(self.nopts["dim"]),
             int(self.nopts["max_rows"]),
@@ -222,10 +223,39 @@ class NeighbourhoodSelector(ThompsonSelector):
         self.guard.add(slot, a / (a + b) - reward, event.ts, sign * source_w, len(self._index))
 
     def _train_sums(self, vector: np.ndarray, slot: int) -> tuple[float, float] | None:
-        sums = self._neighbour_sums(self.prior, vector)
+        cached = self._train_cache.get(vector.tobytes()) if self._train_cache is not None else None
+        sums = cached if cached is not None else self._neighbour_sums(self.prior, vector)
         if sums is None or slot >= sums.shape[1]:
             return None
         return float(sums[0, slot]), float(sums[1, slot])
+
+    def rebuild(self, events: Iterable[RewardEvent]) -> None:
+        """As the base fold, with the guard's train-row sums searched in one batch first (the
+        same sums as one search per event: ~10x faster on a long history)."""
+        events = list(events)
+        if self.guard is not None and self.prior.n > 0:
+            self._train_cache = self._batch_train_sums(events)
+        try:
+            super().rebuild(events)
+        finally:
+            self._train_cache = None
+
+    def _batch_train_sums(
+        self, events: list[RewardEvent], batch: int = 4096
+    ) -> dict[bytes, np.ndarray | None]:
+        vectors: dict[bytes, np.ndarray] = {}
+        for event in events:
+            vector = as_vector(getattr(event, "embedding", None))
+            if vector is not None and len(vector) == self.prior.dim:
+                vectors.setdefault(vector.tobytes(), vector)
+        keys = list(vectors)
+        out: dict[bytes, np.ndarray | None] = {}
+        for start in range(0, len(keys), batch):
+            chunk = keys[start : start + batch]
+            hits = self.prior.search_many(np.stack([vectors[key] for key in chunk]), self.k)
+            for key, (rows, sims) in zip(chunk, hits, strict=True):
+                out[key] = self._kernel_sums(self.prior, rows, sims)
+        return out
 
     # ---- choice ------------------------------------------------------------------------------
 
@@ -234,6 +264,9 @@ class NeighbourhoodSelector(ThompsonSelector):
         if mem.n == 0:  # nothing remembered (e.g. no train rows): skip the index call
             return None
         rows, sims = mem.search(query, self.k)
+        return self._kernel_sums(mem, rows, sims)
+
+    def _kernel_sums(self, mem: NeighbourMemory, rows: np.ndarray, sims: np.ndarray) -> np.ndarray | None:
         if len(rows) == 0:
             return None
         x = np.subtract(sims, float(sims.max()) if self.relative else 1.0, dtype=np.float64)

@@ -171,6 +171,9 @@ class ReferenceNeighbourhood(NeighbourhoodSelector):
             b[ok] = (mem.sb.take(rows, axis=0) * weights).sum(axis=0)[cols]
         return a, b
 
+    def _batch_train_sums(self, events: list[Any], batch: int = 4096) -> dict[bytes, Any]:
+        return {}  # one search per event, below
+
     def _train_sums(self, vector: np.ndarray, slot: int) -> tuple[float, float] | None:
         a, b = self._neighbour_sums(self.prior, vector, np.array([slot]))
         return None if np.isscalar(a) else (float(a[0]), float(b[0]))
