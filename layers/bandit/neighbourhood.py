@@ -21,9 +21,12 @@ half-life and the source weights are the
 Thompson selector's. Rows are keyed by request id: a failure of one model and feedback on the
 fallback model of the same request land in one row. ``prior_rows`` (train data, e.g. from
 ``compass train --history``) are rows that the half-life does not fade, weighted by
-``prior_weight``. Two options, off by default, trade that back for drift: ``prior_fades`` (train
-rows age under the half-life from the first live reward) and ``prior_takeover`` (n0: a model's
-train rows scaled by n0 / (n0 + its live neighbourhood evidence)).
+``prior_weight``. So that a regressed model cannot hide behind its benchmark rows, the drift
+guard (layers/bandit/drift.py, on by default) moves a model's train rows by how far its recent
+live rewards sit from their prediction, beyond a tolerance. Two older options, off by default,
+trade i.i.d. utility for drift instead: ``prior_fades`` (train rows age under the half-life from
+the first live reward) and ``prior_takeover`` (n0: a model's train rows scaled by
+n0 / (n0 + its live neighbourhood evidence)).
 
 The embedding comes with the decision (``SelectionContext.embedding``, the vector Layer 1 and the
 cache already computed) and with each reward (``RewardEvent.embedding``, stored with the request);
