@@ -197,3 +197,47 @@ def test_compass_train_history_reads_the_fleet_store_with_storage_url(
     assert summary["history"].startswith("postgresql://") and "compass-test" not in summary["history"]
     with np.load(out / "priors.npz") as memory:
         assert memory["vectors"].shape == (len(answers), 384)
+
+
+def test_the_drift_guard_moves_a_regressed_models_train_rows_and_admin_shows_it(tmp_path: Path) -> None:
+    """Train rows (``memory_path``) say every model answers these prompts right; live feedback of
+    0 on 36 answers makes the guard shift the served models' train evidence, ``/admin/api/bandit``
+    reports it, and a restart rebuilds the same guard from the reward rows."""
+    home = tmp_path / "home"
+    client, services = gateway(home, MockUpstream())
+    train_prompts = [f"{PROBES[i % 3]} (train {i})" for i in range(60)]
+    models = [m["name"] for m in MOCK_POOL]
+    memory = tmp_path / "memory.npz"
+    with client:
+        assert services.embedder is not None
+        vectors = services.embedder.encode(train_prompts)
+    np.savez(
+        memory,
+        vectors=vectors,
+        models=np.array(models),
+        rewards=np.ones((60, len(models))),
+    )
+    client, services = gateway(
+        home, MockUpstream(), **{"selector.options": {"seed": 3, "memory_path": str(memory)}}
+    )
+    with client:
+        before = prompt_posteriors(services)
+        answers = [ask(client, f"{PROBES[i % 3]} (live {i})") for i in range(36)]
+        for answer in answers:
+            assert client.post("/feedback", json={"id": answer["id"], "score": 0}).status_code == 200
+        drift = client.get("/admin/api/bandit").json()["drift"]
+        after = prompt_posteriors(services)
+    assert drift["acting"] is True
+    served = {a["model"] for a in answers}
+    shifted = {m for m, d in drift["models"].items() if d["shift"] > 0}
+    assert shifted and shifted <= served
+    for m in shifted:
+        assert drift["models"][m]["mean_residual"] > 0.9 and drift["models"][m]["recent_events"] >= 10
+        slot = models.index(m)
+        for (a0, b0), (a1, b1) in zip(before, after, strict=True):  # its posterior mean fell
+            assert a1[slot] / (a1[slot] + b1[slot]) < a0[slot] / (a0[slot] + b0[slot]) - 0.3
+    client, services = gateway(
+        home, MockUpstream(), **{"selector.options": {"seed": 3, "memory_path": str(memory)}}
+    )
+    with client:
+        assert client.get("/admin/api/bandit").json()["drift"]["models"] == drift["models"]

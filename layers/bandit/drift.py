@@ -89,6 +89,19 @@ class DriftGuard:
         excess = abs(d) - self.tolerance - self.z * math.sqrt(var / n_eff)
         return math.copysign(excess, d) if excess > 0.0 else 0.0
 
+    def report(self, names: dict[int, str]) -> dict[str, dict[str, float]]:
+        """Per model with guard evidence: its recent events, mean residual and current shift."""
+        out = {}
+        for slot in np.flatnonzero(self.n > 1e-12):
+            n = float(self.n[slot])
+            recent = n * 2.0 ** (((self._t_ref or 0.0) - float(self.last[slot])) / self.half_life)
+            out[names.get(int(slot), f"slot {slot}")] = {
+                "recent_events": round(recent, 2),
+                "mean_residual": round(float(self.s[slot]) / n, 4),
+                "shift": round(float(self.shift[slot]), 4),
+            }
+        return out
+
     def apply(self, train: np.ndarray, slots: np.ndarray) -> np.ndarray:
         """Train sums (2, candidates), A's then B's, with each model's mean moved by its shift."""
         if not self.active:

@@ -378,4 +378,10 @@ class NeighbourhoodSelector(ThompsonSelector):
             "prior_rows": self.prior.n,
             "memory_bytes": self.memory.nbytes() + self.prior.nbytes(),
         }
+        if self.guard is not None:
+            names = {slot: model for model, slot in self._index.items()}
+            out["drift"] = {
+                "acting": self.prior.n > 0,  # it compares with train rows: none loaded, nothing to do
+                "models": self.guard.report(names),
+            }
         return out

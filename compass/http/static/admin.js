@@ -120,6 +120,19 @@ function drawPosteriors(bandit) {
   }
 }
 
+function drawDrift(bandit) {
+  const box = $("drift");
+  const models = (bandit.drift && bandit.drift.acting && bandit.drift.models) || {};
+  const names = Object.keys(models);
+  box.hidden = !names.length;
+  box.querySelector("tbody").innerHTML = names.map(m => {
+    const d = models[m];
+    return `<tr data-model="${escapeText(m)}" data-shift="${d.shift}"><td><span class="swatch" style="background:${colorOf(m)}"></span>${escapeText(m)}</td>
+      <td class="num">${fixed(d.recent_events, 1)}</td><td class="num">${fixed(d.mean_residual, 3)}</td>
+      <td class="num">${fixed(d.shift, 3)}</td></tr>`;
+  }).join("");
+}
+
 function cumulative(values) {
   let total = 0;
   return values.map(v => (total += v || 0));
@@ -233,6 +246,7 @@ async function refresh() {
     $("error").textContent = "";
     drawCards(stats, savings, cache);
     drawPosteriors(bandit);
+    drawDrift(bandit);
     drawTimeline(timeline, savings);
     drawRequests(recent);
     document.body.dataset.state = "loaded";
