@@ -271,3 +271,65 @@ def test_a_rebuild_batches_the_guards_searches_and_gets_the_live_fold_bit_for_bi
     assert live.guard is not None and rebuilt.guard is not None and live.guard.active
     for name in ("s", "q", "n", "shift"):
         assert np.array_equal(getattr(live.guard, name), getattr(rebuilt.guard, name)), name
+
+
+def _borrowing(events: list[RewardEvent], **options: Any) -> NeighbourhoodSelector:
+    """Train rows for ``small`` (1.0 in region a, 0.2 in b) and ``mid`` (0.3, 0.9); ``big`` has none."""
+    rng = np.random.default_rng(9)
+    selector = NeighbourhoodSelector({"seed": 0, "k": 20, "borrow_min_events": 5.0, **options}, POOL)
+    regions = ["a" if i % 2 else "b" for i in range(80)]
+    train = np.stack([near(r, rng) for r in regions])
+    rewards = np.array([[1.0, 0.3] if r == "a" else [0.2, 0.9] for r in regions])
+    selector.prior_rows(train, ["small", "mid"], rewards)
+    for event in events:
+        selector.observe(event)
+    return selector
+
+
+def test_a_model_without_train_rows_borrows_those_of_the_model_it_tracks() -> None:
+    """The opt-in ``borrow_min_events``: ``big`` scores 0.1 below ``small`` in both regions, so
+    ``small`` becomes its reference (its residuals vary least), offset -0.1, and ``big`` gets
+    small's train evidence capped at ``borrow_cap``; the sums are a fold, so forget and a rebuild
+    give the same reference."""
+    rng = np.random.default_rng(10)
+    events = [
+        RewardEvent(
+            request_id=f"n{i}",
+            context="medium",
+            model="big",
+            reward=0.9 if i % 2 else 0.1,
+            ts=1_700_000_000.0 + i,
+            embedding=near("a" if i % 2 else "b", rng).tobytes(),
+        )
+        for i in range(12)
+    ]
+    small, big = 0, 2
+    live = _borrowing(events)
+    assert live.borrow is not None and set(live.borrow.ref) == {big}
+    ref, offset = live.borrow.ref[big]
+    assert ref == small and abs(offset + 0.1) < 0.05
+    # fewer than borrow_min_events rewards: no reference yet
+    assert _borrowing(events[:4]).borrow.ref == {}  # type: ignore[union-attr]
+    # a re-rated reward replaced (forget, observe) equals a rebuild from the stored events
+    rerated = msgspec.structs.replace(events[3], reward=0.5, ts=events[3].ts + 60.0)
+    live.forget(events[3])
+    live.observe(rerated)
+    rebuilt = _borrowing([])
+    rebuilt.rebuild([*events[:3], rerated, *events[4:]])
+    assert rebuilt.borrow is not None
+    assert live.borrow.ref.keys() == rebuilt.borrow.ref.keys()
+    assert np.allclose(live.borrow.sums[big], rebuilt.borrow.sums[big])
+    # in region a big's train column is small's mean less 0.1, at most 64 observations
+    query = near("a", rng)
+    train = live._neighbour_sums(live.prior, query)
+    assert train is not None and train[0, big] == 0.0 and train[0, small] + train[1, small] > 64.0
+    offset = live.borrow.ref[big][1]  # after the re-rating
+    borrowed = live.borrow.apply(train.copy())
+    assert abs(borrowed[:, big].sum() - 64.0) < 1e-9
+    assert abs(borrowed[0, big] / 64.0 - (train[0, small] / train[:, small].sum() + offset)) < 1e-9
+    on = live._inputs(context(query), "medium")
+    off = _borrowing(events, borrow_min_events=None)._inputs(context(query), "medium")
+    assert on[0][big] / (on[0][big] + on[1][big]) > 0.7  # near small's mean less 0.1 (0.87)
+    assert on[0][big] + on[1][big] > off[0][big] + off[1][big] + 60.0  # far sharper than its own rows
+    assert np.array_equal(on[0][:2], off[0][:2]) and np.array_equal(on[1][:2], off[1][:2])
+    assert NeighbourhoodSelector({"seed": 0}, POOL).borrow is None  # off by default

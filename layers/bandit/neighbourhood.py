@@ -44,6 +44,7 @@ import numpy as np
 from layers.bandit.base import RewardEvent, Selection, SelectionContext
 from layers.bandit.drift import DriftGuard
 from layers.bandit.memory import NeighbourMemory
+from layers.bandit.onboarding import Borrowing
 from layers.bandit.thompson import DEFAULTS as THOMPSON_DEFAULTS
 from layers.bandit.thompson import ThompsonSelector
 from layers.types import ModelSpec
@@ -76,6 +77,12 @@ NEIGHBOUR_DEFAULTS: dict[str, Any] = {
     "drift_z": 2.0,  # ... and beyond this many standard errors of that recent mean
     "drift_half_life_s": 100.0,  # recency of the guard's sums (event time)
     "drift_min_events": 10.0,  # recent events of the model needed before it acts
+    # Opt-in (None: off): a model without train rows (added later) borrows those of the trained
+    # model its rewards track best, offset by their mean difference, once it has this many rewards;
+    # at most borrow_cap observations a neighbourhood (layers/bandit/onboarding.py). Better on val
+    # for every set, on test only on routerbench (BENCHMARKS.md "Borrowing"), so not the default.
+    "borrow_min_events": None,
+    "borrow_cap": 64.0,
     "max_rows": 200_000,
     "chunk": 256,
     "nprobe": 8,
@@ -143,6 +150,9 @@ class NeighbourhoodSelector(ThompsonSelector):
             int(self.nopts["chunk"]),
             int(self.nopts["nprobe"]),
         )
+        bm = self.nopts["borrow_min_events"]
+        self.borrow = None if bm is None else Borrowing(float(bm), self.nopts["borrow_cap"])
+        self._trained = np.zeros(0, dtype=bool)  # slots with train evidence
         self.prior = NeighbourMemory(int(self.nopts["dim"]), 1 << 62, int(self.nopts["chunk"]))
         super().__init__(opts, pool, clock)
         if self.nopts["memory_path"]:
@@ -157,6 +167,8 @@ class NeighbourhoodSelector(ThompsonSelector):
             self.memory.reset()
         if getattr(self, "guard", None) is not None:
             self.guard.reset()
+        if getattr(self, "borrow", None) is not None:
+            self.borrow.reset()
 
     def prior_rows(
         self,
@@ -183,6 +195,11 @@ class NeighbourhoodSelector(ThompsonSelector):
             rows = base + np.arange(len(vectors))
             self.prior.sa[rows, slot] += (w * r[:, c] * seen[:, c]).astype(np.float32)
             self.prior.sb[rows, slot] += (w * (1.0 - r[:, c]) * seen[:, c]).astype(np.float32)
+        trained = np.zeros(len(self._index), dtype=bool)
+        trained[: len(self._trained)] = self._trained
+        for c, slot in enumerate(slots):
+            trained[slot] |= bool(seen[:, c].any())
+        self._trained = trained
 
     def load_prior_rows(self, path: str) -> None:
         data = np.load(path, allow_pickle=False)
@@ -212,6 +229,14 @@ class NeighbourhoodSelector(ThompsonSelector):
         self.memory.add(row, slot, w * reward, w * (1.0 - reward))
         if self.guard is not None and self.prior.n > 0:
             self._guard_fold(event, vector, reward, slot, sign)
+        if (
+            self.borrow is not None
+            and self.prior.n > 0
+            and not (slot < len(self._trained) and self._trained[slot])
+        ):
+            train = self._train_full(vector)
+            if train is not None:
+                self.borrow.add(slot, reward, train, self._trained, sign)
 
     def _guard_fold(
         self, event: RewardEvent, vector: np.ndarray, reward: float, slot: int, sign: float
@@ -225,9 +250,13 @@ class NeighbourhoodSelector(ThompsonSelector):
         source_w = self.source_weights.get(event.source, 1.0)
         self.guard.add(slot, a / (a + b) - reward, event.ts, sign * source_w, len(self._index))
 
-    def _train_sums(self, vector: np.ndarray, slot: int) -> tuple[float, float] | None:
+    def _train_full(self, vector: np.ndarray) -> np.ndarray | None:
+        """The train rows' (2, models) sums at ``vector`` (batch-searched during a rebuild)."""
         cached = self._train_cache.get(vector.tobytes()) if self._train_cache is not None else None
-        sums = cached if cached is not None else self._neighbour_sums(self.prior, vector)
+        return cached if cached is not None else self._neighbour_sums(self.prior, vector)
+
+    def _train_sums(self, vector: np.ndarray, slot: int) -> tuple[float, float] | None:
+        sums = self._train_full(vector)
         if sums is None or slot >= sums.shape[1]:
             return None
         return float(sums[0, slot]), float(sums[1, slot])
@@ -236,7 +265,7 @@ class NeighbourhoodSelector(ThompsonSelector):
         """As the base fold, with the guard's train-row sums searched in one batch first (the
         same sums as one search per event: ~10x faster on a long history)."""
         events = list(events)
-        if self.guard is not None and self.prior.n > 0:
+        if (self.guard is not None or self.borrow is not None) and self.prior.n > 0:
             self._train_cache = self._batch_train_sums(events)
         try:
             super().rebuild(events)
@@ -301,6 +330,8 @@ class NeighbourhoodSelector(ThompsonSelector):
         live = self._neighbour_sums(self.memory, query)
         decay = self._decay(now)
         train = self._neighbour_sums(self.prior, query)
+        if train is not None and self.borrow is not None and self.borrow.ref:
+            train = self.borrow.apply(train)
         if live is not None:
             live = live.take(slots, axis=1)
             if decay != 1.0:

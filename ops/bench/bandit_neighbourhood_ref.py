@@ -174,6 +174,10 @@ class ReferenceNeighbourhood(NeighbourhoodSelector):
     def _batch_train_sums(self, events: list[Any], batch: int = 4096) -> dict[bytes, Any]:
         return {}  # one search per event, below
 
+    def _train_full(self, vector: np.ndarray) -> np.ndarray | None:
+        a, b = self._neighbour_sums(self.prior, vector, np.arange(len(self._index)))
+        return None if np.isscalar(a) else np.stack([a, b])
+
     def _train_sums(self, vector: np.ndarray, slot: int) -> tuple[float, float] | None:
         a, b = self._neighbour_sums(self.prior, vector, np.array([slot]))
         return None if np.isscalar(a) else (float(a[0]), float(b[0]))
@@ -195,6 +199,10 @@ class ReferenceNeighbourhood(NeighbourhoodSelector):
         la, lb = self._neighbour_sums(self.memory, query, slots)
         decay = self._decay(now)
         pa, pb = self._neighbour_sums(self.prior, query, slots)
+        if self.borrow is not None and self.borrow.ref and self.prior.n:
+            full = self._train_full(query)
+            if full is not None:
+                pa, pb = self.borrow.apply(full)[:, slots]
         if self.conflict_z2 is not None and self.prior.n and self.memory.n:
             pa, pb = self._discount(decay * la, decay * lb, pa, pb)
         if self.guard is not None and self.guard.active and self.prior.n:
