@@ -189,6 +189,10 @@ class NeighbourMemory:
         ptr = faiss.swig_ptr
         for p, index in enumerate(parts):
             index.search_c(1, ptr(q), k, ptr(sims[p * k :]), ptr(ids[p * k :]), None)
+        return self._merge(ids, sims, k)
+
+    def _merge(self, ids: np.ndarray, sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k best of the parts' hits side by side (the tail's first, its rows offset here)."""
         keep = (ids >= 0) if ids[k - 1] < 0 or ids[-1] < 0 else None  # fewer than k hits: id -1
         if self.n > self.built:
             ids[:k] += self.built
@@ -223,15 +227,7 @@ class NeighbourMemory:
         for i in range(len(q)):
             sims = np.concatenate([f[0][i] for f in found]).astype(np.float32)
             ids = np.concatenate([f[1][i] for f in found]).astype(np.int64)
-            keep = (ids >= 0) if ids[k - 1] < 0 or ids[-1] < 0 else None
-            if self.n > self.built:
-                ids[:k] += self.built
-            if keep is not None:
-                ids, sims = ids[keep], sims[keep]
-            if len(ids) > k:
-                top = np.argpartition(-sims, k - 1)[:k]
-                ids, sims = ids.take(top), sims.take(top)
-            out.append((ids, sims))
+            out.append(self._merge(ids, sims, k))
         return out
 
     def nbytes(self) -> int:
