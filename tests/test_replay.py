@@ -140,6 +140,23 @@ def test_apgr_and_cpt_on_a_hand_computed_toy() -> None:
     assert (r["APGR"], r["CPT(50%)"], r["CPT(80%)"]) == pytest.approx((0.5, 50.0, 80.0))
 
 
+def test_the_bootstrap_apgr_reads_a_sweep_from_per_prompt_choices() -> None:
+    """ops/bench/apgr_noise.py: the sweep points come from each prompt's chosen arm."""
+    from ops.bench.apgr_noise import apgr
+
+    # model 0 strong (always right), model 1 weak (right on the first half)
+    rewards = np.array([[1.0, 1.0]] * 5 + [[1.0, 0.0]] * 5)
+    idx = np.arange(10)
+    weak_only, strong_where_needed = np.ones((1, 10), np.int64), np.array([[1] * 5 + [0] * 5])
+    # strong on exactly the prompts weak fails: accuracy 1.0 at 50 % strong calls
+    assert apgr([weak_only, strong_where_needed], rewards, 0, 1, idx) == pytest.approx(
+        routellm_metrics([(0.0, 0.5), (50.0, 1.0)], 0.5, 1.0)["APGR"]
+    )
+    # two stream orders average: one all-weak, one all-strong is the point (50 %, 0.75): random
+    both = np.stack([np.ones(10, np.int64), np.zeros(10, np.int64)])
+    assert apgr([both], rewards, 0, 1, idx) == pytest.approx(0.5)
+
+
 def test_metrics_match_routellm_formulas_on_a_monotone_sweep() -> None:
     """Without anchors, the same numbers as RouteLLM's np.trapz / np.interp code path."""
     xs = np.array([0.0, 10.0, 35.0, 60.0, 100.0])
