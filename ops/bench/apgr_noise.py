@@ -27,12 +27,13 @@ WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0)  # the replay's --cost-weigh
 
 def apgr(choices: list[np.ndarray], rewards: np.ndarray, strong: int, weak: int, idx: np.ndarray) -> float:
     """APGR of one policy's sweep (``choices[w]``: (orders, prompts) arms) on prompts ``idx``."""
+    sub = rewards[idx]  # once per resample, not once per sweep point
     points = []
     for arms in choices:
         picked = arms[:, idx]
-        acc = np.take_along_axis(rewards[idx][None, :, :], picked[:, :, None], axis=2)[..., 0]
+        acc = np.take_along_axis(sub[None, :, :], picked[:, :, None], axis=2)[..., 0]
         points.append((100.0 * float((picked == strong).mean()), float(acc.mean())))
-    return float(routellm_metrics(points, rewards[idx, weak].mean(), rewards[idx, strong].mean())["APGR"])
+    return float(routellm_metrics(points, sub[:, weak].mean(), sub[:, strong].mean())["APGR"])
 
 
 def main() -> None:
